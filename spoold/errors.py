@@ -1,0 +1,54 @@
+"""Exception types, one per kind of failure a user can act on.
+
+The CLI (spoold.cli) turns each into a one-line message on stderr and a
+non-zero exit status; nothing below the CLI prints or exits.  Every type
+carries a message that already names the bad thing (file, key, line, address).
+"""
+
+
+class SpooldError(Exception):
+    """Base of every error spoold reports to a user."""
+
+    exit_status = 1
+
+
+class ConfigError(SpooldError):
+    """The configuration file is missing, unreadable or has a bad key/value."""
+
+    exit_status = 78  # EX_CONFIG
+
+
+class AddressError(SpooldError):
+    """An e-mail address is malformed."""
+
+    exit_status = 65  # EX_DATAERR
+
+
+class MessageError(SpooldError):
+    """A message to enqueue is unreadable or malformed."""
+
+    exit_status = 65  # EX_DATAERR
+
+
+class StoreError(SpooldError):
+    """The database refused an operation or holds an unexpected schema."""
+
+    exit_status = 74  # EX_IOERR
+
+
+class StoreUnavailable(StoreError):
+    """The database cannot be reached right now; retrying later may work."""
+
+    exit_status = 75  # EX_TEMPFAIL
+
+
+class AlreadyRunning(SpooldError):
+    """Another runner holds the lock of this run directory."""
+
+    exit_status = 75  # EX_TEMPFAIL
+
+
+class NotFound(SpooldError):
+    """A queue id or other named object does not exist."""
+
+    exit_status = 67  # EX_NOUSER
