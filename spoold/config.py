@@ -84,6 +84,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("runner", "grace_period", "duration", 30,
             "On SIGTERM, how long in-flight jobs may run before their children are killed.",
             minimum=0),
+    Setting("runner", "scan_interval", "duration", 5,
+            "Look for due rows at least this often, even without a poke (rows enqueued\n"
+            "on another host, deferred rows coming due).", minimum=0.01),
     Setting("runner", "flush_interval", "duration", 0.2,
             "Results are written to the database in batches at least this often.", minimum=0),
     Setting("smtp", "port", "int", 25,

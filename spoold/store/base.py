@@ -30,7 +30,7 @@ FINAL = ("sent", "bounced", "expired", "deleted")
 _CHUNK = 500
 
 _ROW_COLUMNS = ("id, message_id, sender, recipient, domain, priority, attempts, "
-                "created_at, expires_at")
+                "created_at, expires_at, last_code, last_dsn, last_reply")
 
 
 @dataclass
@@ -44,6 +44,9 @@ class QueueRow:
     attempts: int
     created_at: float
     expires_at: float
+    last_code: int | None = None
+    last_dsn: str | None = None
+    last_reply: str | None = None
 
 
 @dataclass

@@ -1,0 +1,59 @@
+"""What happens to a queue row after an attempt: the runner's retry policy.
+
+A child reports sent, deferred or bounced for each recipient; this module
+decides what that means for the row (DESIGN.md, "Queue row life"):
+
+- sent                      -> leaves the queue, logged sent
+- bounced                   -> leaves the queue, logged bounced; the address is
+                               suppressed when the failure is about the address
+                               itself (sender.trouble.is_address_failure)
+- deferred                  -> queued again after a backoff that doubles per
+                               attempt from backoff_min to backoff_max, never
+                               later than the row's expiry
+- deferred at or past expiry -> leaves the queue, logged expired
+- child lost (died, hung, garbage) -> deferred with dsn 4.3.0, same backoff
+
+Settings: runner.backoff_min, runner.backoff_max (the row's expires_at was
+fixed at enqueue from runner.max_lifetime).
+"""
+
+from __future__ import annotations
+
+from sender.protocol import Result
+from sender.trouble import is_address_failure
+from spoold.store import Attempt, QueueRow
+
+
+def backoff(attempts: int, minimum: float, maximum: float) -> float:
+    """Delay before the next try after ``attempts`` failed attempts (>= 1)."""
+    return min(maximum, minimum * 2 ** max(0, attempts - 1))
+
+
+def deferral(row: QueueRow, code: int | None, dsn: str, reply: str, relay: str, now: float,
+             minimum: float, maximum: float) -> Attempt:
+    """A temporary failure: retry later, or expire when the row's time is up."""
+    if now >= row.expires_at:
+        return Attempt(row, "expired", code, dsn, reply, relay)
+    due = min(now + backoff(row.attempts + 1, minimum, maximum), row.expires_at)
+    return Attempt(row, "deferred", code, dsn, reply, relay, not_before=due)
+
+
+def from_result(row: QueueRow, result: Result, now: float, minimum: float,
+                maximum: float) -> Attempt:
+    if result.status == "deferred":
+        return deferral(row, result.code, result.dsn, result.reply, result.relay, now,
+                        minimum, maximum)
+    attempt = Attempt(row, result.status, result.code, result.dsn, result.reply, result.relay)
+    attempt.suppress = result.status == "bounced" and is_address_failure(result.dsn)
+    return attempt
+
+
+def lost(row: QueueRow, why: str, now: float, minimum: float, maximum: float) -> Attempt:
+    """The child handling the row died, hung or spoke garbage before answering."""
+    return deferral(row, None, "4.3.0", why, "none", now, minimum, maximum)
+
+
+def expired_unsent(row: QueueRow) -> Attempt:
+    """A row found past its expiry when claimed: give up without trying again."""
+    reply = row.last_reply or "expired before delivery was attempted"
+    return Attempt(row, "expired", row.last_code, row.last_dsn or "4.4.7", reply, "none")

@@ -1,0 +1,546 @@
+"""spoold run: the queue runner daemon.
+
+NAME
+    spoold run - deliver the queue through a capped pool of sender children
+
+SUMMARY
+    spoold run [--drain] [--config FILE]
+
+DESCRIPTION
+    One runner per run directory (RUN_DIR/spoold.pid, an flock'd lockfile;
+    a second one exits with "already running (pid N)").  Several hosts may
+    each run one against a shared MariaDB queue.
+
+    The runner claims due queue rows in batches under a lease (owner +
+    expiry, renewed while it holds them), groups them by destination domain
+    and hands them as jobs to ``python -m sender`` children over pipes (see
+    sender/protocol.py).  It never runs more than max_children children, nor
+    more than destination_concurrency on one domain; a child serves up to
+    max_use jobs, then exits.  Each result becomes an attempt (outcome.py)
+    that is logged at once and written to the database in batches: final
+    outcomes delete their queue row in the transaction that logs them.
+
+    One select loop watches the children's pipes, the poke socket (new mail:
+    see poke.py), and the signals (set_wakeup_fd; handlers record nothing
+    else).  It also wakes for the next due row, result flushes, lease
+    renewal and hung children.
+
+    With --drain it delivers everything due and exits when nothing more is
+    due (cron mode); rows deferred to a later time stay queued.
+
+SIGNALS
+    SIGTERM, SIGINT  stop claiming, give back unstarted rows, let jobs in
+                     hand finish for up to grace_period, kill the rest (their
+                     rows are deferred), write all results, exit 0.
+    SIGHUP           re-read the configuration; children start over with it.
+    SIGCHLD          reap children; rows a dead child had not answered are
+                     deferred with dsn 4.3.0 (nothing is lost).
+
+DIAGNOSTICS
+    One ``delivery`` event per attempt (id, to, relay, delay, dsn, status,
+    reply); lifecycle events start, stop, child_exit, child_timeout,
+    database_unavailable.  Exit status 0 after a clean stop, 75 when
+    another runner holds the lock, 78 for a bad configuration.
+
+CONFIGURATION PARAMETERS
+    [runner] run_dir (/run/spoold), max_children (100), max_use (100),
+    destination_concurrency (20), job_size (20), claim_batch (500), lease
+    (600 s), backoff_min (300 s), backoff_max (4000 s), max_lifetime (5 d),
+    child_timeout (3600 s), grace_period (30 s), flush_interval (0.2 s),
+    scan_interval (5 s); [smtp] and [dns] are passed on to the children.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import selectors
+import signal
+import socket
+import time
+from pathlib import Path
+
+from sender.protocol import (Job, Message, ProtocolError, Recipient, Result, SenderConfig,
+                             decode_reply, encode_job)
+from spoold import config as config_mod
+from spoold import outcome
+from spoold.config import Config
+from spoold.errors import ConfigError, StoreUnavailable
+from spoold.lock import RunLock
+from spoold.log import get_logger
+from spoold.poke import PokeSocket
+from spoold.pool import Child, Pool, describe_status
+from spoold.store import Attempt, QueueRow, Store, store_for
+
+_HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
+_FLUSH_BATCH = 256
+_HEARTBEAT = 5.0
+_RECOVER = 10.0
+_KILL_WAIT = 5.0
+
+
+def sender_config(config: Config) -> SenderConfig:
+    smtp, dns = config.smtp, config.dns
+    return SenderConfig(
+        helo_name=config.helo_name, port=smtp.port, dns_nameservers=list(dns.nameservers),
+        dns_port=dns.port, dns_timeout=dns.timeout, tls=smtp.tls, mx_limit=smtp.mx_limit,
+        connect_timeout=smtp.connect_timeout, greeting_timeout=smtp.greeting_timeout,
+        helo_timeout=smtp.helo_timeout, mail_timeout=smtp.mail_timeout,
+        rcpt_timeout=smtp.rcpt_timeout, data_init_timeout=smtp.data_init_timeout,
+        data_block_timeout=smtp.data_block_timeout, data_done_timeout=smtp.data_done_timeout,
+        quit_timeout=smtp.quit_timeout)
+
+
+def owner_name(run_dir: str) -> str:
+    """This runner's lease owner: stable across restarts of the same instance."""
+    return f"{socket.gethostname()}:{Path(run_dir).resolve()}"[:255]
+
+
+class Runner:
+    def __init__(self, config: Config, drain: bool = False):
+        self.config = config
+        self.drain = drain
+        self.log = get_logger()
+        self.owner = owner_name(config.runner.run_dir)
+        self.pool = Pool(sender_config(config))
+        self.backlog: collections.OrderedDict[str, collections.deque[QueueRow]] = \
+            collections.OrderedDict()
+        self.bodies: dict[int, bytes] = {}
+        self.body_refs: collections.Counter[int] = collections.Counter()
+        self.active: collections.Counter[str] = collections.Counter()
+        self.results: list[Attempt] = []
+        self.first_result_at = 0.0
+        self.job_ids = 0
+        self.stopping = False
+        self.stop_deadline = 0.0
+        self.want_claim = True
+        self.next_scan = 0.0
+        self.db_retry_at = 0.0
+        self.db_failures = 0
+        self.timers = {"renew": 0.0, "recover": 0.0, "heartbeat": 0.0}
+        self.started_at = time.time()
+        self.selector = selectors.DefaultSelector()
+        self.store: Store | None = None
+
+    # -- life cycle -----------------------------------------------------------
+
+    def run(self) -> int:
+        run_dir = Path(self.config.runner.run_dir)
+        lock = RunLock(run_dir).acquire()
+        if lock.previous_pid:
+            self.log.warning("stale_lock", previous_pid=lock.previous_pid, action="taken over")
+        try:
+            self.store = store_for(self.config)
+            released = self.store.release_owner(self.owner)
+            if released:
+                self.log.info("leases_returned", rows=released, owner=self.owner)
+            self.poker = PokeSocket(run_dir)
+            self._install_signals()
+            self.log.info("start", pid=os.getpid(), owner=self.owner, drain=self.drain,
+                          max_children=self.config.runner.max_children,
+                          max_use=self.config.runner.max_use)
+            self._loop()
+            self._shutdown()
+            self.log.info("stop", pid=os.getpid())
+            return 0
+        finally:
+            self._restore_signals()
+            lock.release()
+
+    def _install_signals(self) -> None:
+        self.sig_r, self.sig_w = socket.socketpair()
+        self.sig_r.setblocking(False)
+        self.sig_w.setblocking(False)
+        self.old_wakeup = signal.set_wakeup_fd(self.sig_w.fileno(), warn_on_full_buffer=False)
+        for signum in _HANDLED:
+            signal.signal(signum, lambda *_: None)  # only the wakeup byte matters
+        self.selector.register(self.sig_r, selectors.EVENT_READ, "signal")
+        self.selector.register(self.poker, selectors.EVENT_READ, "poke")
+
+    def _restore_signals(self) -> None:
+        if hasattr(self, "sig_w"):
+            signal.set_wakeup_fd(self.old_wakeup)
+            for signum in _HANDLED:
+                signal.signal(signum, signal.SIG_DFL)
+            self.sig_r.close()
+            self.sig_w.close()
+            self.poker.close()
+
+    # -- the loop -------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while True:
+            now = time.monotonic()
+            if self.stopping and (not self.pool.busy() or now >= self.stop_deadline):
+                return
+            if now >= self.db_retry_at:
+                self._database_work(now)
+            self._dispatch()
+            self._check_hung(now)
+            if self.drain and self._drained():
+                return
+            for key, _ in self.selector.select(self._timeout()):
+                self._on_event(key)
+
+    def _database_work(self, now: float) -> None:
+        try:
+            if self.results and (len(self.results) >= _FLUSH_BATCH or self.stopping or
+                                 now - self.first_result_at >= self.config.runner.flush_interval):
+                self._flush()
+            if not self.stopping:
+                self._housekeeping(now)
+                self._claim(now)
+        except StoreUnavailable as exc:
+            self.db_failures += 1
+            delay = min(30.0, 2 ** min(self.db_failures, 5) / 2)
+            self.db_retry_at = now + delay
+            self.log.error("database_unavailable", error=str(exc), retry_in=delay,
+                           results_waiting=len(self.results))
+        else:
+            if self.db_failures:
+                self.log.info("database_back", after_failures=self.db_failures)
+            self.db_failures = 0
+
+    def _timeout(self) -> float:
+        now = time.monotonic()
+        deadlines = [now + 5.0, *self.timers.values()]
+        if self.want_claim and not self.stopping:
+            deadlines.append(max(self.next_scan, self.db_retry_at))
+        if self.results:
+            deadlines.append(self.first_result_at + self.config.runner.flush_interval)
+        if self.stopping:
+            deadlines.append(self.stop_deadline)
+        deadlines.extend(c.last_heard + self.config.runner.child_timeout
+                         for c in self.pool.busy())
+        return max(0.0, min(deadlines) - now)
+
+    def _on_event(self, key: selectors.SelectorKey) -> None:
+        if key.data == "signal":
+            self._on_signals()
+        elif key.data == "poke":
+            self.poker.drain()
+            self.want_claim = True
+            self.next_scan = 0.0
+        else:
+            kind, child = key.data
+            if kind == "out":
+                self._on_child_output(child)
+            else:
+                self._feed(child)
+
+    def _drained(self) -> bool:
+        if self.want_claim or self.backlog or self.pool.busy() or self.results:
+            return False
+        try:
+            due = self.store.next_due()
+        except StoreUnavailable:
+            return False
+        return due is None or due > time.time()
+
+    # -- signals --------------------------------------------------------------
+
+    def _on_signals(self) -> None:
+        try:
+            received = self.sig_r.recv(256)
+        except BlockingIOError:
+            return
+        for signum in dict.fromkeys(received):
+            if signum in (signal.SIGTERM, signal.SIGINT):
+                self.handle_stop(signal.Signals(signum).name)
+            elif signum == signal.SIGHUP:
+                self.handle_hup()
+            elif signum == signal.SIGCHLD:
+                self.handle_chld()
+
+    def handle_stop(self, why: str) -> None:
+        if self.stopping:
+            return
+        self.log.info("stopping", signal=why, busy_children=len(self.pool.busy()),
+                      grace=self.config.runner.grace_period)
+        self.stopping = True
+        self.stop_deadline = time.monotonic() + self.config.runner.grace_period
+        unstarted = [row.id for rows in self.backlog.values() for row in rows]
+        self.backlog.clear()
+        self.bodies.clear()
+        self.body_refs.clear()
+        try:
+            self.store.release(self.owner, unstarted)
+        except StoreUnavailable as exc:
+            self.log.error("database_unavailable", error=str(exc),
+                           note="unstarted rows come back when their lease ends")
+        for child in list(self.pool.children.values()):
+            if not child.busy:
+                self._retire(child)
+
+    def handle_hup(self) -> None:
+        try:
+            new = config_mod.load(self.config.path)
+        except ConfigError as exc:
+            self.log.error("reload_failed", error=str(exc), action="keeping the old settings")
+            return
+        for section, key in (("database", "url"), ("runner", "run_dir")):
+            if new.value(section, key) != self.config.value(section, key):
+                self.log.warning("reload_needs_restart", setting=f"{section}.{key}")
+        self.config = new
+        self.pool.config = sender_config(new)
+        for child in self.pool.children.values():
+            child.retiring = True
+            if not child.busy:
+                self._retire(child)
+        self.log.info("reloaded", path=str(new.path))
+
+    def handle_chld(self) -> None:
+        for child, status in self.pool.reap():
+            if not child.closed:
+                self._on_child_output(child)
+                self._child_lost(child, f"delivery agent {describe_status(status)}")
+            self.log.info("child_exit", pid=child.pid, status=describe_status(status),
+                          jobs=child.uses)
+
+    # -- claiming -------------------------------------------------------------
+
+    def _backlog_size(self) -> int:
+        return sum(len(rows) for rows in self.backlog.values())
+
+    def _claim(self, now: float) -> None:
+        runner = self.config.runner
+        if not self.want_claim and now >= self.next_scan:
+            self.want_claim = True
+        if not self.want_claim or now < self.next_scan:
+            return
+        room = runner.claim_batch - self._backlog_size()
+        if room < runner.claim_batch // 2:
+            return
+        wall = time.time()
+        rows = self.store.claim(self.owner, room, wall + runner.lease, wall)
+        missing = {r.message_id for r in rows} - self.bodies.keys()
+        self.bodies.update(self.store.bodies(missing))
+        for row in rows:
+            if row.expires_at <= wall:
+                self._record(outcome.expired_unsent(row))
+                continue
+            self.backlog.setdefault(row.domain, collections.deque()).append(row)
+            self.body_refs[row.message_id] += 1
+        if len(rows) < room:
+            self.want_claim = False
+            due = self.store.next_due()
+            wait = runner.scan_interval if due is None else min(runner.scan_interval,
+                                                                 max(0.0, due - wall))
+            self.next_scan = now + wait
+
+    def _housekeeping(self, now: float) -> None:
+        runner = self.config.runner
+        if now >= self.timers["renew"]:
+            self.store.renew(self.owner, time.time() + runner.lease)
+            self.timers["renew"] = now + runner.lease / 3
+        if now >= self.timers["recover"]:
+            recovered = self.store.recover_expired()
+            if recovered:
+                self.log.warning("leases_expired", rows=recovered, action="returned to queue")
+                self.want_claim = True
+            self.timers["recover"] = now + _RECOVER
+        if now >= self.timers["heartbeat"]:
+            self.store.heartbeat(self.owner, socket.gethostname(), os.getpid(), self.started_at,
+                                 len(self.pool), runner.max_children)
+            self.timers["heartbeat"] = now + _HEARTBEAT
+
+    # -- dispatching ----------------------------------------------------------
+
+    def _dispatch(self) -> None:
+        """Hand out jobs round-robin over destinations, within both caps."""
+        limit = self.config.runner.destination_concurrency
+        progress = True
+        while progress and self.backlog:
+            progress = False
+            for domain in list(self.backlog):
+                if self.active[domain] >= limit:
+                    continue
+                child = self._free_child()
+                if child is None:
+                    return
+                self._send_job(child, domain)
+                progress = True
+
+    def _free_child(self) -> Child | None:
+        child = self.pool.idle()
+        if child is not None or len(self.pool) >= self.config.runner.max_children:
+            return child
+        try:
+            child = self.pool.spawn()
+        except OSError as exc:
+            self.log.error("spawn_failed", error=str(exc))
+            return None
+        self.selector.register(child.stdout, selectors.EVENT_READ, ("out", child))
+        self._feed(child)
+        return child
+
+    def _send_job(self, child: Child, domain: str) -> None:
+        queue = self.backlog[domain]
+        rows = [queue.popleft() for _ in range(min(self.config.runner.job_size, len(queue)))]
+        if not queue:
+            del self.backlog[domain]
+        else:
+            self.backlog.move_to_end(domain)
+        messages: dict[int, Message] = {}
+        for row in rows:
+            if row.message_id not in messages:
+                messages[row.message_id] = Message(row.sender, self.bodies[row.message_id], [])
+            messages[row.message_id].recipients.append(Recipient(row.id, row.recipient))
+            self._unref_body(row.message_id)
+        self.job_ids += 1
+        child.outbuf += encode_job(Job(self.job_ids, domain, list(messages.values())))
+        child.domain = domain
+        child.pending = {row.id: row for row in rows}
+        child.last_heard = time.monotonic()
+        self.active[domain] += 1
+        self._feed(child)
+
+    def _unref_body(self, message_id: int) -> None:
+        self.body_refs[message_id] -= 1
+        if self.body_refs[message_id] <= 0:
+            del self.body_refs[message_id]
+            del self.bodies[message_id]
+
+    def _feed(self, child: Child) -> None:
+        if child.closed or child.stdin < 0:
+            return
+        child.feed()
+        registered = self.selector.get_map().get(child.stdin) is not None
+        if child.outbuf and not registered:
+            self.selector.register(child.stdin, selectors.EVENT_WRITE, ("in", child))
+        elif not child.outbuf and registered:
+            self.selector.unregister(child.stdin)
+
+    # -- children's answers ---------------------------------------------------
+
+    def _on_child_output(self, child: Child) -> None:
+        if child.closed:
+            return
+        lines, eof = child.read_lines()
+        if lines:
+            child.last_heard = time.monotonic()
+        for line in lines:
+            try:
+                self._on_line(child, line)
+            except ProtocolError as exc:
+                self.log.error("child_protocol_error", pid=child.pid, error=str(exc))
+                child.signal(signal.SIGKILL)
+                self._child_lost(child, "delivery agent protocol error")
+                return
+        if eof:
+            self._child_lost(child, "delivery agent exited before answering")
+
+    def _on_line(self, child: Child, line: bytes) -> None:
+        reply = decode_reply(line)
+        if isinstance(reply, Result):
+            row = child.pending.pop(reply.id, None)
+            if row is None:
+                raise ProtocolError(f"result for id {reply.id}, which it was not given")
+            runner = self.config.runner
+            self._record(outcome.from_result(row, reply, time.time(), runner.backoff_min,
+                                             runner.backoff_max))
+        elif isinstance(reply, int):
+            self._job_done(child)
+        else:
+            self.log.warning("child_error", pid=child.pid, error=reply)
+
+    def _job_done(self, child: Child) -> None:
+        self._fail_pending(child, "delivery agent gave no result")
+        self.active[child.domain] -= 1
+        child.domain = None
+        child.uses += 1
+        if child.uses >= self.config.runner.max_use or child.retiring or self.stopping:
+            self._retire(child)
+
+    def _retire(self, child: Child) -> None:
+        child.retiring = True
+        if child.stdin >= 0 and self.selector.get_map().get(child.stdin) is not None:
+            self.selector.unregister(child.stdin)
+        child.close_stdin()
+
+    def _fail_pending(self, child: Child, why: str) -> None:
+        runner = self.config.runner
+        now = time.time()
+        for row in child.pending.values():
+            self._record(outcome.lost(row, why, now, runner.backoff_min, runner.backoff_max))
+        child.pending.clear()
+
+    def _child_lost(self, child: Child, why: str) -> None:
+        if child.closed:
+            return
+        self._fail_pending(child, why)
+        if child.busy:
+            self.active[child.domain] -= 1
+            child.domain = None
+        for fd in (child.stdin, child.stdout):
+            if fd >= 0 and self.selector.get_map().get(fd) is not None:
+                self.selector.unregister(fd)
+        child.close()
+
+    def _check_hung(self, now: float) -> None:
+        for child in self.pool.busy():
+            if now - child.last_heard > self.config.runner.child_timeout:
+                self.log.error("child_timeout", pid=child.pid, domain=child.domain,
+                               silent_for=round(now - child.last_heard, 1))
+                child.signal(signal.SIGKILL)
+                self._child_lost(child, "delivery agent timed out")
+
+    # -- results --------------------------------------------------------------
+
+    def _record(self, attempt: Attempt) -> None:
+        row = attempt.row
+        self.log.info("delivery", id=row.id, to=row.recipient, relay=attempt.relay,
+                      delay=round(time.time() - row.created_at, 3), dsn=attempt.dsn,
+                      status=attempt.status, attempt=row.attempts + 1, reply=attempt.reply)
+        if not self.results:
+            self.first_result_at = time.monotonic()
+        self.results.append(attempt)
+
+    def _flush(self) -> None:
+        batch, self.results = self.results, []
+        try:
+            self.store.record(batch, self.owner)
+        except BaseException:
+            self.results = batch + self.results
+            raise
+
+    # -- stopping -------------------------------------------------------------
+
+    def _shutdown(self) -> None:
+        for child in self.pool.busy():
+            self.log.warning("child_killed", pid=child.pid, reason="grace period over")
+            child.signal(signal.SIGKILL)
+            self._child_lost(child, "delivery interrupted: runner stopping")
+        for child in list(self.pool.children.values()):
+            self._retire(child)
+        self._wait_children()
+        self._final_flush()
+        try:
+            self.store.forget_runner(self.owner)
+        except StoreUnavailable:
+            pass  # the runner row only feeds "status"; its heartbeat will go stale
+        self.store.close()
+
+    def _wait_children(self) -> None:
+        deadline = time.monotonic() + _KILL_WAIT
+        while self.pool.children and time.monotonic() < deadline:
+            self.handle_chld()
+            for key, _ in self.selector.select(0.1):
+                self._on_event(key)
+        for child in list(self.pool.children.values()):
+            child.signal(signal.SIGKILL)
+            os.waitpid(child.pid, 0)
+            self._child_lost(child, "delivery agent killed at shutdown")
+            del self.pool.children[child.pid]
+
+    def _final_flush(self) -> None:
+        for wait in (0, 1, 2, 4):
+            time.sleep(wait)
+            try:
+                self._flush()
+                return
+            except StoreUnavailable as exc:
+                self.log.error("database_unavailable", error=str(exc),
+                               results_waiting=len(self.results))
+        self.log.error("results_unsaved", rows=len(self.results),
+                       note="their leases expire and they are tried again")
