@@ -27,7 +27,7 @@ def _problem(address: str) -> str | None:
         return "contains a line break or NUL"
     if "@" not in address:
         return "has no @domain"
-    local, _, domain = address.rpartition("@")
+    local = address.rpartition("@")[0]
     if not local:
         return "has an empty local part"
     if len(local.encode("utf-8")) > 64:

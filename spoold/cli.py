@@ -16,7 +16,8 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
+from collections.abc import Callable, Sequence
 
 import psutil
 
@@ -293,7 +294,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_status
     except KeyboardInterrupt:
         return 130
-    except Exception as exc:  # noqa: BLE001 - the last line of defence for users
+    except Exception as exc:
         if os.environ.get("SPOOLD_DEBUG"):
             traceback.print_exc()
         print(f"spoold: internal error: {type(exc).__name__}: {exc} "

@@ -21,7 +21,8 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from spoold.errors import ConfigError
 
@@ -215,7 +216,8 @@ def build(data: dict[str, Any], path: Path | None = None) -> Config:
     runner = sections["runner"]
     if runner["backoff_max"] < runner["backoff_min"]:
         raise ConfigError(f"{where}: runner.backoff_max: must not be below runner.backoff_min")
-    return Config(path=path, **{name: SimpleNamespace(**values) for name, values in sections.items()})
+    namespaces = {name: SimpleNamespace(**values) for name, values in sections.items()}
+    return Config(path=path, **namespaces)
 
 
 def find_path(explicit: str | os.PathLike | None = None) -> tuple[Path, bool]:

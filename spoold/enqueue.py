@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Sequence
+from collections.abc import Sequence
 
 from spoold import config as config_mod
 from spoold.address import domain_of, parse_address, parse_sender

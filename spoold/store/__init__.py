@@ -13,8 +13,16 @@ from spoold.config import Config
 from spoold.errors import StoreError
 from spoold.store.base import FINAL, PRIORITIES, STATES, Attempt, QueueRow, Store
 
-__all__ = ["Attempt", "FINAL", "PRIORITIES", "QueueRow", "STATES", "Store", "open_store",
-           "store_for"]
+__all__ = [
+    "FINAL",
+    "PRIORITIES",
+    "STATES",
+    "Attempt",
+    "QueueRow",
+    "Store",
+    "open_store",
+    "store_for",
+]
 
 
 def open_store(url: str, base_dir: Path | None = None, busy_timeout: float = 10.0) -> Store:

@@ -19,7 +19,8 @@ from __future__ import annotations
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, ClassVar
+from collections.abc import Iterable, Iterator, Sequence
 
 from spoold.errors import NotFound, StoreError
 from spoold.store.schema import LATEST, MIGRATIONS
@@ -80,7 +81,7 @@ class Store:
     #: INSERT variant that skips rows violating a unique key.
     insert_ignore = "INSERT OR IGNORE"
     #: Column types substituted into schema.MIGRATIONS.
-    types: dict[str, str] = {}
+    types: ClassVar[dict[str, str]] = {}
 
     url: str
 

@@ -12,7 +12,8 @@ and resume instead of crashing.  Schema upgrades take a named lock
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Any, Iterator, Sequence
+from typing import Any, ClassVar
+from collections.abc import Iterator, Sequence
 from urllib.parse import unquote, urlsplit
 
 import pymysql
@@ -27,7 +28,7 @@ _GONE = {2002, 2003, 2006, 2013, 2055, 1040, 1053, 1205, 1213}
 class MySQLStore(Store):
     claim_lock = " FOR UPDATE SKIP LOCKED"
     insert_ignore = "INSERT IGNORE"
-    types = {
+    types: ClassVar[dict[str, str]] = {
         "serial": "BIGINT AUTO_INCREMENT PRIMARY KEY",
         "blob": "LONGBLOB",
         "real": "DOUBLE",

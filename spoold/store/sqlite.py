@@ -12,7 +12,8 @@ from __future__ import annotations
 import sqlite3
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, ClassVar
+from collections.abc import Iterator, Sequence
 
 from spoold.errors import StoreError, StoreUnavailable
 from spoold.store.base import Store
@@ -28,7 +29,7 @@ def _error(path: Path, exc: sqlite3.Error) -> StoreError:
 
 
 class SQLiteStore(Store):
-    types = {
+    types: ClassVar[dict[str, str]] = {
         "serial": "INTEGER PRIMARY KEY AUTOINCREMENT",
         "blob": "BLOB",
         "real": "REAL",
