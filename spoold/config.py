@@ -260,6 +260,15 @@ def _toml_value(value: Any) -> str:
     return str(value)
 
 
+def dump(settings: dict[str, dict[str, Any]]) -> str:
+    """TOML text for a {section: {key: value}} mapping (for generated config files)."""
+    lines = []
+    for section, values in settings.items():
+        lines.append(f"[{section}]")
+        lines.extend(f"{key} = {_toml_value(value)}" for key, value in values.items())
+    return "\n".join(lines) + "\n"
+
+
 _HEADER = """\
 # spoold.toml: every setting of spoold, with its default.
 #

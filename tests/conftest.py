@@ -98,11 +98,7 @@ def write_config(path: Path, db_url: str, run_dir: Path, world=None, **sections:
                            "timeout": 2}
     for section, values in sections.items():
         settings.setdefault(section, {}).update(values)
-    lines = []
-    for section, values in settings.items():
-        lines.append(f"[{section}]")
-        lines.extend(f"{key} = {config_mod._toml_value(value)}" for key, value in values.items())
-    path.write_text("\n".join(lines) + "\n")
+    path.write_text(config_mod.dump(settings))
     config_mod.load(path)  # a test config must itself be valid
     return path
 
