@@ -42,7 +42,10 @@ def mysql_url() -> Iterator[str]:
     try:
         admin = _mysql_admin()
     except pymysql.MySQLError as exc:
-        pytest.skip(f"no MariaDB server at {MYSQL_SERVER}: {exc.args[-1]}")
+        reason = f"no MariaDB server at {MYSQL_SERVER}: {exc.args[-1]}"
+        if os.environ.get("SPOOLD_REQUIRE_MYSQL"):
+            pytest.fail(reason)
+        pytest.skip(reason)
     name = f"spoold_test_{uuid.uuid4().hex[:12]}"
     with admin.cursor() as cur:
         cur.execute(f"CREATE DATABASE {name}")
