@@ -1,0 +1,8 @@
+"""The sender child: spoold's delivery agent (``python -m sender``).
+
+The queue runner starts it and feeds it jobs over a pipe (sender.protocol);
+it resolves each job's destination (sender.mx), delivers over SMTP
+(sender.client) and answers one result per recipient, judged by the single
+outcome policy of sender.trouble.  It never imports spoold's store and holds
+no database credentials.  See sender/__main__.py for the program's manual.
+"""

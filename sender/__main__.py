@@ -1,0 +1,208 @@
+"""NAME
+    sender - spoold delivery agent: one destination domain per job, over SMTP
+
+SUMMARY
+    python -m sender     (started by "spoold run"; not meant for people)
+
+DESCRIPTION
+    The queue runner starts this child with pipes on stdin and stdout and
+    speaks the line protocol of sender.protocol.  The first line on stdin is
+    the configuration; every later line is a job: one destination domain,
+    one or more messages, each with its recipients in that domain.
+
+    For each job the child looks up the domain's MX hosts (sender.mx), then
+    offers the messages to them in order over one SMTP connection per host
+    (sender.client): EHLO, STARTTLS per the tls setting, then MAIL FROM,
+    RCPT TO and DATA per message, RSET between messages, QUIT.  It writes
+    one result line per recipient as soon as its outcome is final -- sent,
+    bounced, or deferred once every MX host has been tried -- and then
+    {"done": <job>}.  Every line is flushed at once: the runner records
+    results as they come.  What counts as sent, deferred or bounced is
+    decided in one place, sender.trouble.
+
+    The child holds no database connection and imports nothing of spoold:
+    everything a job needs is on its line.  It serves jobs until EOF on
+    stdin, then exits 0; after each job it also exits if its parent is gone
+    (its parent process id changed).  It ignores SIGINT and SIGHUP, which
+    are meant for the runner; the runner stops it with SIGTERM or SIGKILL,
+    and defers (4.3.0) any recipient it sent but got no result for.
+
+DIAGNOSTICS
+    Problems go to stderr, which the runner shares, and to stdout as
+    protocol lines:
+
+    - A config line that cannot be read: {"error": ...}, exit status 78.
+    - A job line that cannot be read: {"error": ...}; if the line still
+      shows a job id, every recipient id it shows is answered deferred
+      (4.3.0), then {"done": <job>}.  The child keeps serving.
+    - An unexpected exception while delivering a job: its traceback on
+      stderr, every recipient of the job not yet answered deferred with
+      4.3.0 and the error text, then {"done": <job>}.  The child keeps
+      serving.
+    - The runner closed stdout: exit 0 at once.
+
+CONFIGURATION
+    The config line carries SenderConfig (sender.protocol), filled by the
+    runner from the [smtp] and [dns] sections of spoold.toml:
+
+    helo_name ("localhost"; empty: this host's fully qualified name)
+        Name sent in EHLO/HELO.
+    port (25)
+        TCP port of every MX host.
+    tls ("may")
+        none: never STARTTLS.  may: STARTTLS when offered, certificate not
+        verified; if the handshake fails, the same host again without TLS.
+        encrypt: STARTTLS required, else the host is skipped (4.7.4/4.7.5).
+    mx_limit (5)
+        Most MX hosts tried for one domain in one job.
+    dns_nameservers ([]: those of /etc/resolv.conf), dns_port (53)
+        Where MX, A and AAAA lookups go.
+    dns_timeout (10)
+        Total seconds allowed for one lookup.
+    connect_timeout (30), greeting_timeout (300), helo_timeout (300),
+    mail_timeout (300), rcpt_timeout (300), data_init_timeout (120),
+    data_block_timeout (180), data_done_timeout (600), quit_timeout (300)
+        Seconds allowed for each stage of the SMTP dialogue (RFC 5321
+        4.5.3.2); helo_timeout also covers STARTTLS, quit_timeout RSET.
+
+SEE ALSO
+    sender.protocol (the pipe protocol), sender.trouble (outcome policy),
+    Postfix smtp(8), the model for this program.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sys
+import traceback
+from typing import BinaryIO
+
+from sender import protocol, trouble
+from sender.protocol import Job, ProtocolError, Result, SenderConfig
+
+EX_CONFIG = 78
+
+
+class _Output:
+    """stdout as protocol lines, each flushed as soon as it is written."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self._stream = stream
+
+    def line(self, data: bytes) -> None:
+        try:
+            self._stream.write(data)
+            self._stream.flush()
+        except BrokenPipeError:
+            # The runner is gone.  Point stdout at /dev/null so that Python's
+            # flush at exit does not complain about the pipe a second time.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), self._stream.fileno())
+            raise SystemExit(0) from None
+
+    def result(self, result: Result) -> None:
+        self.line(protocol.encode_result(result))
+
+
+def _deferred(recipient_id: int, text: str) -> Result:
+    return Result(id=recipient_id, status=trouble.DEFERRED, code=None, dsn=trouble.AGENT_ERROR,
+                  reply=text, relay="none", duration=0.0)
+
+
+def _readable_ids(line: bytes) -> tuple[int | None, list[int]]:
+    """The job id and recipient ids that a malformed job line still shows."""
+    try:
+        obj = json.loads(line)
+    except ValueError:
+        return None, []
+    if not isinstance(obj, dict) or not isinstance(obj.get("job"), int):
+        return None, []
+    ids = []
+    messages = obj.get("messages")
+    for message in messages if isinstance(messages, list) else []:
+        recipients = message.get("recipients") if isinstance(message, dict) else None
+        for recipient in recipients if isinstance(recipients, list) else []:
+            if isinstance(recipient, dict) and isinstance(recipient.get("id"), int):
+                ids.append(recipient["id"])
+    return obj["job"], ids
+
+
+class _Child:
+    """The job loop: one config, one resolver (cache) for every job."""
+
+    def __init__(self, config: SenderConfig, output: _Output) -> None:
+        self.config = config
+        self.output = output
+        self._resolver = None
+
+    def serve(self, line: bytes) -> None:
+        """Answer one job line: results, then done (or an error line)."""
+        try:
+            job = protocol.decode_job(line)
+        except ProtocolError as exc:
+            self._refuse(line, str(exc))
+            return
+        self._deliver(job)
+        self.output.line(protocol.encode_done(job.job))
+
+    def _refuse(self, line: bytes, reason: str) -> None:
+        self.output.line(protocol.encode_error(reason))
+        job_id, recipient_ids = _readable_ids(line)
+        if job_id is None:
+            return
+        for recipient_id in recipient_ids:
+            self.output.result(_deferred(recipient_id, f"malformed job line: {reason}"))
+        self.output.line(protocol.encode_done(job_id))
+
+    def _deliver(self, job: Job) -> None:
+        answered: set[int] = set()
+
+        def emit(result: Result) -> None:
+            answered.add(result.id)
+            self.output.result(result)
+
+        try:
+            # Imported at the first job: dnspython and smtplib are most of the
+            # child's start-up time, and a child told to stop needs neither.
+            from sender import client, mx
+
+            if self._resolver is None:
+                self._resolver = mx.MxResolver(self.config)
+            client.deliver(job, self.config, self._resolver, emit)
+        except Exception as exc:
+            traceback.print_exc(file=sys.stderr)
+            text = f"delivery agent error: {type(exc).__name__}: {exc}"
+            for message in job.messages:
+                for recipient in message.recipients:
+                    if recipient.id not in answered:
+                        answered.add(recipient.id)
+                        self.output.result(_deferred(recipient.id, text))
+
+
+def main() -> int:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    parent = os.getppid()
+    stdin = sys.stdin.buffer
+    output = _Output(sys.stdout.buffer)
+    first = stdin.readline()
+    if not first:
+        return 0
+    try:
+        config = protocol.decode_config(first)
+    except ProtocolError as exc:
+        output.line(protocol.encode_error(str(exc)))
+        return EX_CONFIG
+    config.helo_name = config.helo_name or socket.getfqdn()
+    child = _Child(config, output)
+    for line in iter(stdin.readline, b""):
+        child.serve(line)
+        if os.getppid() != parent:
+            break
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

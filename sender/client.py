@@ -1,0 +1,418 @@
+"""SMTP client of the sender child: deliver one job, one connection per MX host.
+
+deliver() is a job's whole delivery.  It asks sender.mx for the targets and
+walks them in order, opening one connection to each and reusing it for every
+message of the job (RSET between messages).  A recipient ends as soon as a
+server gives a final answer -- 2xx sent, 5xx bounced -- and its result is
+emitted at once; a 4xx or a network failure leaves it pending for the next
+MX host, and whatever is still pending when the hosts run out is deferred
+with the last reply it got (Postfix smtp(8)).  What a reply or a failure
+means is sender.trouble's business; this module talks SMTP and keeps books.
+
+Session is smtplib.SMTP with a timeout per stage of the dialogue (RFC 5321
+section 4.5.3.2), set on the socket before each stage, a connect timeout
+apart from the greeting timeout, and every network failure turned into a
+HostFailure that says at which stage the host was lost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import re
+import smtplib
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sender import trouble
+from sender.mx import DnsError, MxResolver, Target
+from sender.protocol import Job, Message, Recipient, Result, SenderConfig
+
+# Data is sent in pieces so that data_block_timeout bounds each TCP send, not
+# the whole message (RFC 5321 4.5.3.2.5; sendall's timeout covers the total).
+_CHUNK = 64 * 1024
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+_LEADING_DOT = re.compile(rb"^\.", re.MULTILINE)
+
+Outcome = Callable[[int, str], tuple[str, str]]  # a reply judge from sender.trouble
+
+
+def crlf_lines(data: bytes) -> bytes:
+    """``data`` with every line end CRLF, ending in CRLF.
+
+    Bare LF and bare CR become CRLF too: sending nothing but CRLF keeps a
+    message from smuggling an end of data past a lenient server.
+    """
+    text = _LINE_END.sub(b"\r\n", data)
+    if text and not text.endswith(b"\r\n"):
+        text += b"\r\n"
+    return text
+
+
+def dot_stuff(text: bytes) -> bytes:
+    """CRLF ``text`` with a leading "." doubled on every line (RFC 5321 4.5.2)."""
+    return _LEADING_DOT.sub(b"..", text)
+
+
+@dataclass
+class Reply:
+    """What a server said at one host, or what went wrong instead."""
+
+    dsn: str
+    text: str
+    relay: str
+    code: int | None = None
+
+    @property
+    def status(self) -> str:
+        return trouble.status_for_dsn(self.dsn)
+
+    @property
+    def accepted(self) -> bool:
+        return self.status == trouble.SENT
+
+
+class HostFailure(Exception):
+    """The session with this host is over; ``reply`` is the reason."""
+
+    def __init__(self, reply: Reply) -> None:
+        super().__init__(reply.text)
+        self.reply = reply
+
+
+class _TlsFallback(Exception):
+    """The STARTTLS handshake failed where TLS is optional: reconnect without it."""
+
+
+@dataclass
+class _Outgoing:
+    """One message of the job in its wire form, and its recipients not yet answered."""
+
+    message: Message
+    pending: list[Recipient] = field(init=False)
+    body: bytes = field(init=False)
+    size: int = field(init=False)
+    eight_bit: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.pending = list(self.message.recipients)
+        text = crlf_lines(self.message.data)
+        self.size = len(text)  # RFC 1870 counts CRLF line ends, not dot-stuffing
+        self.body = dot_stuff(text)
+        self.eight_bit = not self.message.data.isascii()
+
+
+class _Ledger:
+    """The job's recipients: who is still pending, and the last failure each met."""
+
+    def __init__(self, job: Job, emit: Callable[[Result], None]) -> None:
+        self.outgoing = [_Outgoing(message) for message in job.messages]
+        self._emit = emit
+        self._started = time.monotonic()
+        self._last: dict[int, Reply] = {}
+
+    def has_pending(self) -> bool:
+        return any(out.pending for out in self.outgoing)
+
+    def record(self, out: _Outgoing, recipients: list[Recipient], reply: Reply) -> None:
+        """A final reply ends the recipients now; a temporary one waits for the next host."""
+        if reply.status == trouble.DEFERRED:
+            self._last.update((recipient.id, reply) for recipient in recipients)
+        else:
+            self.end(out, recipients, reply)
+
+    def end(self, out: _Outgoing, recipients: list[Recipient], reply: Reply) -> None:
+        """Emit the recipients' results with ``reply``, whatever its status."""
+        for recipient in recipients:
+            out.pending.remove(recipient)
+            self._emit(Result(
+                id=recipient.id, status=reply.status, code=reply.code, dsn=reply.dsn,
+                reply=reply.text, relay=reply.relay,
+                duration=round(time.monotonic() - self._started, 3),
+            ))
+
+    def host_failed(self, outgoing: list[_Outgoing], reply: Reply) -> None:
+        for out in outgoing:
+            self.record(out, list(out.pending), reply)
+
+    def give_up(self) -> None:
+        """Defer everyone still pending with the last reply they got."""
+        for out in self.outgoing:
+            for recipient in list(out.pending):
+                self.end(out, [recipient], self._last[recipient.id])
+
+
+def deliver(job: Job, config: SenderConfig, resolver: MxResolver,
+            emit: Callable[[Result], None]) -> None:
+    """Deliver every message of ``job``, calling ``emit`` once per recipient.
+
+    Results come as soon as they are final; deferrals come last, once every
+    MX host has been tried.  ``duration`` is the time from the start of the
+    job (DNS lookup included) to the recipient's outcome.
+    """
+    ledger = _Ledger(job, emit)
+    try:
+        targets = resolver.targets(job.domain)
+    except DnsError as exc:
+        targets = []
+        ledger.host_failed(ledger.outgoing, Reply(exc.dsn, exc.text, relay="none"))
+    for target in targets:
+        if not ledger.has_pending():
+            break
+        _try_host(target, config, ledger)
+    ledger.give_up()
+
+
+def _try_host(target: Target, config: SenderConfig, ledger: _Ledger) -> None:
+    """Offer every pending message to one host over one connection."""
+    todo = [out for out in ledger.outgoing if out.pending]
+    try:
+        session = _open_session(target, config)
+    except HostFailure as exc:
+        ledger.host_failed(todo, exc.reply)
+        return
+    try:
+        for index, out in enumerate(todo):
+            try:
+                if index:
+                    session.reset()
+                _transfer(session, out, ledger)
+            except HostFailure as exc:
+                ledger.host_failed(todo[index:], exc.reply)
+                return
+    finally:
+        session.goodbye()
+
+
+def _open_session(target: Target, config: SenderConfig) -> Session:
+    try:
+        return Session.open(target, config, config.tls)
+    except _TlsFallback:
+        return Session.open(target, config, "none")
+
+
+def _transfer(session: Session, out: _Outgoing, ledger: _Ledger) -> None:
+    """One mail transaction: MAIL FROM, RCPT TO per pending recipient, DATA."""
+    config = session.config
+    limit = session.size_limit()
+    if limit and out.size > limit:
+        ledger.end(out, list(out.pending), Reply(
+            trouble.MESSAGE_TOO_BIG,
+            f"message size {out.size} exceeds size limit {limit} of server {session.relay}",
+            session.relay))
+        return
+    reply = session.command("sending MAIL FROM", config.mail_timeout,
+                            session.mail, out.message.sender, session.mail_options(out))
+    if not reply.accepted:
+        ledger.record(out, list(out.pending), reply)
+        return
+    accepted = []
+    for recipient in list(out.pending):
+        reply = session.command("sending RCPT TO", config.rcpt_timeout, session.rcpt, recipient.to)
+        if reply.accepted:
+            accepted.append(recipient)
+        else:
+            ledger.record(out, [recipient], reply)
+    if not accepted:
+        return
+    reply = session.command("sending DATA command", config.data_init_timeout,
+                            session.docmd, "DATA", outcome=trouble.outcome_for_refusal)
+    if reply.code != 354:
+        ledger.record(out, accepted, reply)
+        return
+    session.send_body(out.body)
+    try:
+        reply = session.command("sending end of data -- message may be sent more than once",
+                                config.data_done_timeout, session.end_data)
+    except HostFailure as exc:
+        if exc.reply.code is None:
+            # No reply to the final dot: the server may have taken the message
+            # (RFC 1047), so it is deferred now rather than offered to the next
+            # host in the same breath.
+            ledger.end(out, accepted, exc.reply)
+        raise
+    ledger.record(out, accepted, reply)
+
+
+@functools.cache
+def _unverified_context() -> ssl.SSLContext:
+    """Opportunistic TLS (RFC 7435): encrypt, authenticate nobody."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def _one_line(raw: bytes) -> str:
+    return raw.decode("utf-8", "replace").replace("\n", " ")
+
+
+def _timed_out(exc: OSError) -> bool:
+    # smtplib re-raises a read timeout as SMTPServerDisconnected inside its
+    # except clause, so the timeout survives as the context.
+    return isinstance(exc, TimeoutError) or isinstance(exc.__context__, TimeoutError)
+
+
+class Session(smtplib.SMTP):
+    """An SMTP session with one MX address, past EHLO (and STARTTLS) once open."""
+
+    def __init__(self, target: Target, config: SenderConfig) -> None:
+        super().__init__(local_hostname=config.helo_name, timeout=config.connect_timeout)
+        self._host = target.host  # smtplib sends it as the TLS server name (SNI)
+        self.target = target
+        self.config = config
+        self.relay = f"{target.host}[{target.address}]:{config.port}"
+
+    @classmethod
+    def open(cls, target: Target, config: SenderConfig, tls: str) -> Session:
+        """Connect, read the greeting, EHLO, and STARTTLS as ``tls`` says.
+
+        :raises HostFailure: the host cannot be used.
+        :raises _TlsFallback: with ``tls`` "may", the TLS handshake failed.
+        """
+        session = cls(target, config)
+        try:
+            session._greet()
+            session._hello()
+            if tls != "none":
+                session._secure(required=tls == "encrypt")
+        except HostFailure:
+            session.goodbye()
+            raise
+        return session
+
+    def _get_socket(self, host: str, port: int, timeout: float) -> Any:
+        try:
+            sock = super()._get_socket(host, port, timeout)
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            if isinstance(exc, TimeoutError):
+                reason = "Connection timed out"
+            raise HostFailure(Reply(
+                trouble.CONNECT_FAILED, f"connect to {self.relay}: {reason}", self.relay)) from exc
+        sock.settimeout(self.config.greeting_timeout)
+        return sock
+
+    def _greet(self) -> None:
+        reply = self.command("receiving the initial server greeting", self.config.greeting_timeout,
+                             self.connect, self.target.address, self.config.port,
+                             outcome=trouble.outcome_for_session_reply)
+        if not reply.accepted:
+            raise HostFailure(reply)
+
+    def _hello(self) -> None:
+        timeout = self.config.helo_timeout
+        reply = self.command("performing the EHLO handshake", timeout, self.ehlo)
+        if reply.status == trouble.BOUNCED:
+            reply = self.command("performing the HELO handshake", timeout, self.helo)
+        if not reply.accepted:
+            raise HostFailure(reply)
+
+    def _secure(self, required: bool) -> None:
+        """STARTTLS and EHLO again; without ``required``, failing is no failure."""
+        if not self.has_extn("starttls"):
+            if required:
+                raise HostFailure(Reply(
+                    trouble.TLS_UNAVAILABLE,
+                    f"TLS is required, but was not offered by host {self.relay}", self.relay))
+            return
+        self.sock.settimeout(self.config.helo_timeout)
+        try:
+            self.starttls(context=_unverified_context())
+        except smtplib.SMTPResponseException as exc:
+            if required:
+                raise HostFailure(Reply(
+                    trouble.TLS_UNAVAILABLE,
+                    f"TLS is required, but host {self.relay} refused to start TLS: "
+                    f"{exc.smtp_code} {_one_line(exc.smtp_error)}",
+                    self.relay, exc.smtp_code)) from exc
+            return  # opportunistic: carry on in plaintext on this connection
+        except OSError as exc:
+            self.close()
+            if required:
+                raise HostFailure(Reply(trouble.TLS_FAILED,
+                                        f"Cannot start TLS with {self.relay}: {exc}",
+                                        self.relay)) from exc
+            raise _TlsFallback(str(exc)) from exc
+        self._hello()
+
+    def command(self, stage: str, timeout: float, call: Callable[..., tuple[int, bytes]],
+                *args: Any, outcome: Outcome = trouble.outcome_for_reply) -> Reply:
+        """Run one command of the dialogue under its timeout and judge its reply.
+
+        :raises HostFailure: as _talk, or the server answered 421 (RFC 5321
+            3.8: it is closing the session).
+        """
+        code, raw = self._talk(stage, timeout, call, *args)
+        text = _one_line(raw)
+        _, dsn = outcome(code, text)
+        if code > 0:
+            reply = Reply(dsn, f"{code} {text}", self.relay, code)
+        else:
+            reply = Reply(dsn, f"malformed reply from {self.relay}: {text}", self.relay)
+        if code == 421:
+            raise HostFailure(reply)
+        return reply
+
+    def _talk(self, stage: str, timeout: float, call: Callable[..., Any], *args: Any) -> Any:
+        """``call(*args)`` with the socket timeout of ``stage``.
+
+        :raises HostFailure: the connection broke or timed out during
+            ``stage`` (Postfix wording: "lost connection with H[A] while
+            <stage>").
+        """
+        if self.sock is not None:
+            self.sock.settimeout(timeout)
+        try:
+            return call(*args)
+        except OSError as exc:  # smtplib.SMTPException is an OSError
+            self.close()
+            raise HostFailure(self._broken(stage, exc)) from exc
+
+    def _broken(self, stage: str, exc: OSError) -> Reply:
+        peer = f"{self.target.host}[{self.target.address}]"
+        if _timed_out(exc):
+            text = f"conversation with {peer} timed out while {stage}"
+        else:
+            text = f"lost connection with {peer} while {stage}"
+        return Reply(trouble.CONNECTION_LOST, text, self.relay)
+
+    def size_limit(self) -> int:
+        """The server's SIZE limit; 0 for none ("SIZE" or "SIZE 0", RFC 1870)."""
+        value = self.esmtp_features.get("size", "")
+        return int(value) if value.isdigit() else 0
+
+    def mail_options(self, out: _Outgoing) -> list[str]:
+        options = []
+        if self.has_extn("size"):
+            options.append(f"SIZE={out.size}")
+        if out.eight_bit and self.has_extn("8bitmime"):
+            options.append("BODY=8BITMIME")
+        return options
+
+    def send_body(self, body: bytes) -> None:
+        for start in range(0, len(body), _CHUNK):
+            self._talk("sending message body", self.config.data_block_timeout,
+                       self.send, body[start:start + _CHUNK])
+
+    def end_data(self) -> tuple[int, bytes]:
+        self.send(b".\r\n")
+        return self.getreply()
+
+    def reset(self) -> None:
+        """RSET between two messages; a refusal ends the session, not the mail."""
+        reply = self.command("sending RSET", self.config.quit_timeout, self.rset,
+                             outcome=trouble.outcome_for_session_reply)
+        if not reply.accepted:
+            raise HostFailure(reply)
+
+    def goodbye(self) -> None:
+        """QUIT if the connection is still up; nothing depends on the answer."""
+        if self.sock is not None:
+            self.sock.settimeout(self.config.quit_timeout)
+            with contextlib.suppress(OSError):
+                self.quit()
+        self.close()

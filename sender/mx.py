@@ -1,0 +1,178 @@
+"""MX resolution: the ordered list of addresses to try for one domain.
+
+MxResolver.targets() applies RFC 5321 section 5.1 and RFC 7505 with
+dnspython: MX hosts by preference, shuffled among equal preference, at most
+``mx_limit`` of them, each resolved to its A then AAAA addresses; no MX
+records means the domain itself is the one host (implicit MX); a null MX
+means the domain takes no mail.  Failures raise DnsTemporaryError or
+DnsPermanentError carrying the dsn (chosen by sender.trouble) and a
+Postfix-style text for the delivery log.
+
+The resolver is built from SenderConfig only (``Resolver(configure=False)``,
+``search=False`` on every query), so tests and the demo can point it at a
+name server on loopback.  A child serves many jobs, so answers are cached
+for at most CACHE_TTL seconds: long enough for the jobs of one burst to one
+domain, short enough that a changed MX is seen within a minute.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+
+import dns.exception
+import dns.name
+import dns.rdatatype
+import dns.resolver
+
+from sender import trouble
+from sender.protocol import SenderConfig
+
+CACHE_TTL = 60.0
+RESOLV_CONF = "/etc/resolv.conf"
+
+
+class DnsError(Exception):
+    """A lookup failed; ``dsn`` and ``text`` go into every recipient's result."""
+
+    def __init__(self, dsn: str, text: str) -> None:
+        super().__init__(text)
+        self.dsn = dsn
+        self.text = text
+
+
+class DnsTemporaryError(DnsError):
+    """Timeout, SERVFAIL, no name server answering: try again later."""
+
+
+class DnsPermanentError(DnsError):
+    """NXDOMAIN, null MX, no address anywhere: the mail cannot be delivered."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """One address of one MX host, in the order it should be tried."""
+
+    host: str
+    address: str
+
+
+def _not_found(name: str, rdtype: str) -> str:
+    return ("Host or domain name not found. "
+            f"Name service error for name={name} type={rdtype}: Host not found")
+
+
+class MxResolver:
+    """Delivery targets of a domain, from the name servers in SenderConfig."""
+
+    def __init__(self, config: SenderConfig) -> None:
+        self._resolver = dns.resolver.Resolver(configure=False)
+        if config.dns_nameservers:
+            self._resolver.nameservers = list(config.dns_nameservers)
+        else:
+            self._resolver.read_resolv_conf(RESOLV_CONF)
+        self._resolver.port = config.dns_port
+        self._resolver.lifetime = config.dns_timeout
+        self._mx_limit = max(1, config.mx_limit)
+        self._cache: dict[tuple[str, str], tuple[float, list]] = {}
+
+    def targets(self, domain: str) -> list[Target]:
+        """Addresses to try for ``domain``, best first; never empty.
+
+        :raises DnsTemporaryError: a lookup that decides the outcome timed
+            out or failed (dsn 4.4.3).
+        :raises DnsPermanentError: the domain does not exist or has no
+            address (5.1.2), has a null MX (5.1.10), or none of its MX hosts
+            has an address (5.4.4).
+        """
+        _check_name(domain)
+        self._forget_expired()
+        records = self._lookup(domain, "MX")
+        if not records:
+            return self._addresses([domain], domain, dns_no_address=trouble.DNS_NO_DOMAIN)
+        if len(records) == 1 and records[0].exchange == dns.name.root:
+            raise DnsPermanentError(
+                trouble.DNS_NULL_MX, f"Domain {domain} does not accept mail (nullMX)")
+        hosts = _by_preference(records)[:self._mx_limit]
+        return self._addresses(hosts, domain, dns_no_address=trouble.DNS_NO_MX_HOST)
+
+    def _addresses(self, hosts: list[str], domain: str, dns_no_address: str) -> list[Target]:
+        """Targets for ``hosts`` in order, skipping hosts that have none.
+
+        A host whose lookup failed only temporarily might have had the
+        address that works, so with no target at all, any temporary failure
+        makes the whole lookup temporary.
+        """
+        targets: list[Target] = []
+        temporary: DnsTemporaryError | None = None
+        for host in hosts:
+            try:
+                targets += [Target(host, address) for address in self._host_addresses(host)]
+            except DnsTemporaryError as exc:
+                temporary = exc
+            except DnsPermanentError:
+                continue
+        if targets:
+            return targets
+        if temporary is not None:
+            raise temporary
+        names = domain if hosts == [domain] else f"the MX hosts of {domain} ({', '.join(hosts)})"
+        raise DnsPermanentError(
+            dns_no_address, f"Host or domain name not found: no A or AAAA record for {names}")
+
+    def _host_addresses(self, host: str) -> list[str]:
+        """A then AAAA addresses; a failed lookup of one type spoils nothing
+        the other found."""
+        addresses: list[str] = []
+        failure: DnsError | None = None
+        for rdtype in ("A", "AAAA"):
+            try:
+                addresses += [record.address for record in self._lookup(host, rdtype)]
+            except DnsError as exc:
+                failure = failure or exc
+        if failure is not None and not addresses:
+            raise failure
+        return addresses
+
+    def _lookup(self, name: str, rdtype: str) -> list:
+        """The records of one query, [] for "no records of that type"."""
+        key = (name, rdtype)
+        cached = self._cache.get(key)
+        if cached is not None:
+            return cached[1]
+        try:
+            answer = self._resolver.resolve(name, rdtype, search=False, raise_on_no_answer=False)
+        except dns.resolver.NXDOMAIN:
+            raise DnsPermanentError(trouble.DNS_NO_DOMAIN, _not_found(name, rdtype)) from None
+        except dns.exception.DNSException as exc:
+            raise DnsTemporaryError(
+                trouble.DNS_TEMPORARY, f"{_not_found(name, rdtype)}, try again ({exc})") from None
+        records = list(answer.rrset) if answer.rrset is not None else []
+        ttl = min(answer.rrset.ttl, CACHE_TTL) if answer.rrset is not None else CACHE_TTL
+        self._cache[key] = (time.monotonic() + ttl, records)
+        return records
+
+    def _forget_expired(self) -> None:
+        now = time.monotonic()
+        self._cache = {key: hit for key, hit in self._cache.items() if hit[0] > now}
+
+
+def _check_name(domain: str) -> None:
+    try:
+        dns.name.from_text(domain)
+    except dns.exception.DNSException as exc:
+        raise DnsPermanentError(
+            trouble.DNS_NO_DOMAIN,
+            f"Host or domain name not found: malformed name {domain!r} ({exc})") from None
+
+
+def _by_preference(records: list) -> list[str]:
+    """MX host names, lowest preference first, equal preferences shuffled.
+
+    A null-MX record among real ones is ignored (RFC 7505 section 4.3).
+    """
+    shuffled = [r for r in records if r.exchange != dns.name.root]
+    random.shuffle(shuffled)
+    shuffled.sort(key=lambda r: r.preference)  # stable: the shuffle survives within a preference
+    return [r.exchange.to_text(omit_final_dot=True) for r in shuffled]

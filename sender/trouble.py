@@ -1,0 +1,131 @@
+"""Delivery-error policy: what an SMTP reply, a DNS or a network failure means.
+
+The one place that decides whether a recipient is sent, deferred or bounced,
+and with which RFC 3463 enhanced status code (dsn), like Postfix's
+smtp_trouble.c.  The client (sender.client) and the resolver (sender.mx) only
+say what happened; the runner asks is_address_failure() whether a bounce
+should also suppress the address.
+
+Every outcome is a dsn: its class says the status (2 sent, 4 deferred,
+5 bounced), so status_for_dsn() is the whole mapping.  Pure functions, no I/O.
+
+Public: status_for_dsn, parse_enhanced_status, reply_dsn, outcome_for_reply,
+outcome_for_refusal, outcome_for_session_reply, is_address_failure, and the dsn
+constants below for failures where no server gave a reply.
+"""
+
+from __future__ import annotations
+
+import re
+
+SENT = "sent"
+DEFERRED = "deferred"
+BOUNCED = "bounced"
+
+# Failures with no server reply to take a dsn from.
+DNS_TEMPORARY = "4.4.3"      # timeout, SERVFAIL, no name server answering
+DNS_NO_DOMAIN = "5.1.2"      # NXDOMAIN, or a domain with no MX and no address
+DNS_NULL_MX = "5.1.10"       # RFC 7505: the domain accepts no mail at all
+DNS_NO_MX_HOST = "5.4.4"     # MX records whose host names have no address
+CONNECT_FAILED = "4.4.1"     # refused, unreachable, timed out while connecting
+CONNECTION_LOST = "4.4.2"    # lost or timed out after the connection was up
+TLS_UNAVAILABLE = "4.7.4"    # tls = encrypt, but STARTTLS not offered or refused
+TLS_FAILED = "4.7.5"         # tls = encrypt, and the handshake failed
+MESSAGE_TOO_BIG = "5.3.4"    # larger than the server's advertised SIZE
+PROTOCOL_ERROR = "4.5.0"     # a reply the dialogue does not allow
+AGENT_ERROR = "4.3.0"        # the sender child itself failed
+
+_STATUS = {"2": SENT, "4": DEFERRED, "5": BOUNCED}
+
+# RFC 3463: class "." subject "." detail, at the start of the reply text.
+_ENHANCED = re.compile(r"([245])\.(\d{1,3})\.(\d{1,3})(?!\d|\.\d)")
+
+# Permanent failures that say the address itself will never take mail; a
+# bounce with one of these suppresses the address.  5.1.7/5.1.8 are about our
+# sender, 5.2.2 (mailbox full) may clear, 5.7.x is policy or reputation, and
+# a bare 5.0.0 ("550 no such user" without an enhanced code) is too vague.
+_ADDRESS_FAILURES = frozenset({
+    "5.1.1",   # bad destination mailbox address
+    "5.1.2",   # destination domain does not exist
+    "5.1.3",   # bad destination mailbox address syntax
+    "5.1.6",   # mailbox has moved, no forwarding address
+    "5.1.10",  # null MX: the domain says it never accepts mail
+    "5.2.1",   # mailbox disabled
+})
+
+
+def status_for_dsn(dsn: str) -> str:
+    """``sent``, ``deferred`` or ``bounced``, from the dsn's class digit."""
+    return _STATUS[dsn[0]]
+
+
+def parse_enhanced_status(text: str) -> str | None:
+    """The enhanced status code at the start of a reply's text, normalised.
+
+    ``text`` is the reply without its three-digit code ("5.1.1 <bob@...>: no
+    such user").  Leading zeros are dropped ("5.01.001" -> "5.1.1"); None
+    when the text does not start with one.
+    """
+    match = _ENHANCED.match(text.lstrip())
+    if not match:
+        return None
+    klass, subject, detail = match.groups()
+    return f"{klass}.{int(subject)}.{int(detail)}"
+
+
+def reply_dsn(code: int, text: str) -> str:
+    """The dsn of a 2xx/4xx/5xx reply: the server's own, else x.0.0.
+
+    The class always comes from the reply code: a "450 5.1.1" is a temporary
+    failure whatever its text claims (RFC 3463 section 2 wants them equal).
+    """
+    klass = str(code // 100)
+    enhanced = parse_enhanced_status(text)
+    if enhanced is None:
+        return f"{klass}.0.0"
+    return klass + enhanced[1:]
+
+
+def outcome_for_reply(code: int, text: str) -> tuple[str, str]:
+    """(status, dsn) for the reply to a command that succeeds with 2xx."""
+    if code // 100 == 2:
+        return SENT, reply_dsn(code, text)
+    return outcome_for_refusal(code, text)
+
+
+def outcome_for_refusal(code: int, text: str) -> tuple[str, str]:
+    """(status, dsn) for a reply that is not the success the command waits for.
+
+    5xx bounces and 4xx defers (the client then tries the next MX host).  Any
+    other reply -- a 2xx where DATA wants 354, a 1xx or 3xx, an unparsable
+    line (code -1) -- breaks the protocol, and a broken server must not
+    bounce mail: deferred, 4.5.0.
+    """
+    if code // 100 in (4, 5):
+        dsn = reply_dsn(code, text)
+        return status_for_dsn(dsn), dsn
+    return DEFERRED, PROTOCOL_ERROR
+
+
+def outcome_for_session_reply(code: int, text: str) -> tuple[str, str]:
+    """(status, dsn) for a reply about the session, not the mail: the greeting, RSET.
+
+    A 5xx greeting says "not from you, not here", not "no such recipient",
+    and a refused RSET says nothing about the next message: the client moves
+    on to the next MX and, if none takes the mail, it is deferred (Postfix
+    smtp_skip_5xx_greeting).  So 5xx counts as 4xx here.
+    """
+    status, dsn = outcome_for_reply(code, text)
+    if status == BOUNCED:
+        return DEFERRED, "4" + dsn[1:]
+    return status, dsn
+
+
+def is_address_failure(dsn: str) -> bool:
+    """Whether a bounce with this dsn proves the recipient address is dead.
+
+    True for 5.1.1, 5.1.2, 5.1.3, 5.1.6, 5.1.10 (null MX) and 5.2.1; false
+    for everything else, notably 5.7.x (policy, reputation, spam), 5.2.2
+    (mailbox full), 5.1.7/5.1.8 (our sender address) and a bare 5.0.0.
+    """
+    return dsn in _ADDRESS_FAILURES
