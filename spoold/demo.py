@@ -88,6 +88,7 @@ def write_demo_config(path: Path, world: World, work: Path, max_use: int,
 def _wait_settled(config: config_mod.Config, timeout: float, show: bool) -> None:
     store = store_for(config)
     deadline = time.monotonic() + timeout
+    show = show and sys.stdout.isatty()
     try:
         while time.monotonic() < deadline:
             counts = store.state_counts()

@@ -204,7 +204,7 @@ class Runner:
     def _timeout(self) -> float:
         now = time.monotonic()
         deadlines = [now + 5.0, *self.timers.values()]
-        if self.want_claim and not self.stopping:
+        if not self.stopping:
             deadlines.append(max(self.next_scan, self.db_retry_at))
         if self.results:
             deadlines.append(self.first_result_at + self.config.runner.flush_interval)
