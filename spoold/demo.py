@@ -71,11 +71,11 @@ def build_world(domains: int) -> tuple[World, dict[str, str]]:
 
 
 def write_demo_config(path: Path, world: World, work: Path, max_use: int,
-                      max_children: int) -> config_mod.Config:
+                      max_children: int, job_size: int) -> config_mod.Config:
     path.write_text(config_mod.dump({
         "database": {"url": f"sqlite://{work / 'spool.db'}"},
         "runner": {"run_dir": str(work / "run"), "max_children": max_children,
-                   "max_use": max_use, "backoff_min": 1, "backoff_max": 2,
+                   "max_use": max_use, "job_size": job_size, "backoff_min": 1, "backoff_max": 2,
                    "scan_interval": 0.5, "flush_interval": 0.1},
         "smtp": {"port": world.port, "helo_name": "demo.spoold.test", "tls": "none",
                  "connect_timeout": 2},
@@ -115,13 +115,14 @@ def _final_outcomes(config: config_mod.Config) -> dict[str, int]:
 
 
 def run_once(messages: int = 1000, domains: int = 20, max_use: int = 100,
-             max_children: int = 20, show: bool = True) -> DemoResult:
+             max_children: int = 20, job_size: int = 20, show: bool = True) -> DemoResult:
     """One demo run in a throw-away directory; returns the figures."""
     world, fate = build_world(domains)
     names = list(fate)
     with world, tempfile.TemporaryDirectory(prefix="spoold-demo-") as tmp:
         work = Path(tmp)
-        config = write_demo_config(work / "spoold.toml", world, work, max_use, max_children)
+        config = write_demo_config(work / "spoold.toml", world, work, max_use, max_children,
+                                   job_size)
         env = {**os.environ, "SPOOLD_CONFIG": str(config.path)}
         log_path = work / "spoold.log"
         with open(log_path, "wb") as log:

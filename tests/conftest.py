@@ -120,6 +120,13 @@ class Spool:
 
         return store_for(self.config)
 
+    def counts(self) -> dict[str, int]:
+        store = self.store()
+        try:
+            return store.state_counts()
+        finally:
+            store.close()
+
     def cli(self, *args: str, input: bytes | None = None,
             check: bool = True) -> subprocess.CompletedProcess:
         proc = subprocess.run([sys.executable, "-m", "spoold.cli", *args], env=self.env,

@@ -256,7 +256,7 @@ def test_sigterm_finishes_jobs_in_hand_and_exits_cleanly(world, spool_factory):
         time.sleep(0.02)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 0
-    counts = spool.store().state_counts()
+    counts = spool.counts()
     assert counts["active"] == 0
     sent = [d for d in _deliveries(spool) if d["status"] == "sent"]
     assert len(sent) == len(world.all_messages()) and counts["queued"] == 10 - len(sent)
@@ -302,7 +302,7 @@ def test_cli_errors_are_one_line(world, spool, tmp_path):
     garbage = spool.cli("enqueue", "--to", "a@b.test", "-f", "x@spoold.test",
                         input=b"\x00\x01binary junk", check=False)
     assert garbage.returncode == 65 and b"line 1: not a header field" in garbage.stderr
-    assert spool.store().state_counts()["queued"] == 0, "nothing half-enqueued"
+    assert spool.counts()["queued"] == 0, "nothing half-enqueued"
 
 
 @pytest.mark.parametrize("max_use, children", [(1, 6), (3, 2)])
