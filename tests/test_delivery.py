@@ -315,3 +315,22 @@ def test_children_are_reused_up_to_max_use(world, spool_factory, max_use, childr
              if '"child_exit"' in line]
     assert len(world.all_messages()) == 6
     assert len(exits) == children and all(e["status"] == "exit 0" for e in exits)
+
+
+def test_hung_child_is_killed_and_its_rows_retried(world, spool_factory):
+    world.add_domain("slow.test", Behaviour(delay=0.3))
+    spool = spool_factory(runner={"child_timeout": 2, "max_children": 1, "job_size": 2})
+    _enqueue(spool, [f"u{i}@slow.test" for i in range(4)], subject="hang")
+    proc = spool.start()
+    deadline = time.monotonic() + 20
+    while not _sender_children(proc):
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    stopped = _sender_children(proc)[0]
+    stopped.send_signal(signal.SIGSTOP)
+    spool.wait_settled(timeout=60)
+    assert any(e["pid"] == stopped.pid for e in _events(spool, "child_timeout"))
+    timed_out = [d for d in _deliveries(spool) if d["reply"] == "delivery agent timed out"]
+    assert timed_out and all(d["status"] == "deferred" for d in timed_out)
+    assert {d["recipient"] for d in _deliveries(spool) if d["status"] == "sent"} == \
+        {f"u{i}@slow.test" for i in range(4)}
