@@ -106,6 +106,15 @@ def write_config(path: Path, db_url: str, run_dir: Path, world=None, **sections:
     return path
 
 
+def wait_for(predicate, timeout: float = 20.0, what: str = "condition", every: float = 0.02):
+    """Poll ``predicate`` until it holds; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(every)
+
+
 class Spool:
     """One spoold instance under test: its config, its store, its daemon process."""
 

@@ -9,6 +9,8 @@ import time
 import psutil
 import pytest
 
+from conftest import wait_for
+
 from spoold.fakenet import Behaviour
 
 
@@ -146,10 +148,8 @@ def test_slow_server_still_delivers(world, spool):
 
 def test_second_instance_is_refused(world, spool):
     first = spool.start()
-    deadline = time.monotonic() + 10
-    while not (spool.config_path.parent / "run-a" / "spoold.pid").exists():
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    pidfile = spool.config_path.parent / "run-a" / "spoold.pid"
+    wait_for(pidfile.exists, 10, "the lockfile")
     time.sleep(0.3)
     proc = spool.cli("run", check=False)
     assert proc.returncode == 75
@@ -210,10 +210,7 @@ def test_killed_child_loses_nothing(world, spool):
     world.add_domain("slow.test", Behaviour(delay=0.3))
     _enqueue(spool, [f"u{i}@slow.test" for i in range(10)])
     proc = spool.start()
-    deadline = time.monotonic() + 20
-    while not _sender_children(proc):
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
+    wait_for(lambda: _sender_children(proc), 20, "a sender child")
     _sender_children(proc)[0].send_signal(signal.SIGKILL)
     spool.wait_settled(timeout=60)
     final = {d["recipient"] for d in _deliveries(spool) if d["status"] == "sent"}
@@ -228,10 +225,7 @@ def test_killed_runner_loses_nothing_after_restart(world, spool):
     world.add_domain("slow.test", Behaviour(delay=0.2))
     _enqueue(spool, [f"u{i}@slow.test" for i in range(30)])
     proc = spool.start()
-    deadline = time.monotonic() + 20
-    while not world.all_messages():
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
+    wait_for(lambda: world.all_messages(), 20, "a first delivery")
     proc.kill()
     proc.wait()
     spool.start()
@@ -250,10 +244,7 @@ def test_sigterm_finishes_jobs_in_hand_and_exits_cleanly(world, spool_factory):
     spool = spool_factory(runner={"max_children": 2, "job_size": 1})
     _enqueue(spool, [f"u{i}@slow.test" for i in range(10)])
     proc = spool.start()
-    deadline = time.monotonic() + 20
-    while not world.all_messages():
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
+    wait_for(lambda: world.all_messages(), 20, "a first delivery")
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 0
     counts = spool.counts()
@@ -322,10 +313,7 @@ def test_hung_child_is_killed_and_its_rows_retried(world, spool_factory):
     spool = spool_factory(runner={"child_timeout": 2, "max_children": 1, "job_size": 2})
     _enqueue(spool, [f"u{i}@slow.test" for i in range(4)], subject="hang")
     proc = spool.start()
-    deadline = time.monotonic() + 20
-    while not _sender_children(proc):
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
+    wait_for(lambda: _sender_children(proc), 20, "a sender child")
     stopped = _sender_children(proc)[0]
     stopped.send_signal(signal.SIGSTOP)
     spool.wait_settled(timeout=60)

@@ -4,17 +4,10 @@ from __future__ import annotations
 
 import json
 import signal
-import time
+
+from conftest import wait_for
 
 from spoold.fakenet import Behaviour
-
-
-def _wait_for(predicate, timeout=15.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def _enqueue_cli(spool, *to, **kw):
@@ -75,7 +68,7 @@ def test_flush_makes_deferred_mail_due_and_wakes_the_runner(world, spool_factory
                                   "scan_interval": 60})
     spool.start()
     _enqueue_cli(spool, "a@grey.test")
-    _wait_for(lambda: spool.counts()["deferred"] == 1, what="a deferral")
+    wait_for(lambda: spool.counts()["deferred"] == 1, what="a deferral")
     assert "1 deferred row due now" in spool.cli("flush").stdout.decode()
     spool.wait_settled(timeout=10)
     assert len(world.sinks_for("grey.test")[0].messages) == 1
@@ -88,7 +81,7 @@ def test_status_shows_the_runner_and_counters(world, spool):
     proc = spool.start()
     _enqueue_cli(spool, "a@ok.test")
     spool.wait_settled()
-    _wait_for(lambda: b"heartbeat" in spool.cli("status").stdout, what="a heartbeat")
+    wait_for(lambda: b"heartbeat" in spool.cli("status").stdout, what="a heartbeat")
     out = spool.cli("status").stdout.decode()
     assert f"runner: running, pid {proc.pid}" in out
     assert "queue: queued 0, active 0, held 0, deferred 0" in out
@@ -103,11 +96,11 @@ def test_sighup_rereads_the_config_and_keeps_a_good_one_on_error(world, spool):
     text = spool.config_path.read_text()
     spool.config_path.write_text(text + "\n[bogus]\n")
     proc.send_signal(signal.SIGHUP)
-    _wait_for(lambda: any('"reload_failed"' in line for line in spool.log_lines()),
+    wait_for(lambda: any('"reload_failed"' in line for line in spool.log_lines()),
               what="reload_failed")
     spool.config_path.write_text(text.replace("max_children = 8", "max_children = 3"))
     proc.send_signal(signal.SIGHUP)
-    _wait_for(lambda: any('"reloaded"' in line for line in spool.log_lines()), what="reloaded")
+    wait_for(lambda: any('"reloaded"' in line for line in spool.log_lines()), what="reloaded")
     _enqueue_cli(spool, "b@ok.test")
     spool.wait_settled()
     assert proc.poll() is None, "a bad config on SIGHUP must not stop the runner"
