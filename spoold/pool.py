@@ -104,6 +104,8 @@ class Pool:
         self.config = config
         self.python = python
         self.children: dict[int, Child] = {}
+        self._idle: list[Child] = []
+        self._busy: dict[int, Child] = {}
 
     def __len__(self) -> int:
         return len(self.children)
@@ -130,13 +132,29 @@ class Pool:
         return child
 
     def idle(self) -> Child | None:
-        for child in self.children.values():
+        """An idle child fit for another job (the most recently used: its caches are warm)."""
+        while self._idle:
+            child = self._idle.pop()
             if not child.busy and not child.retiring and not child.closed:
                 return child
         return None
 
     def busy(self) -> list[Child]:
-        return [c for c in self.children.values() if c.busy and not c.closed]
+        return list(self._busy.values())
+
+    def busy_count(self) -> int:
+        return len(self._busy)
+
+    def assign(self, child: Child, domain: str) -> None:
+        child.domain = domain
+        self._busy[child.pid] = child
+
+    def unassign(self, child: Child) -> None:
+        """The child's job is over (done, or the child is lost)."""
+        child.domain = None
+        self._busy.pop(child.pid, None)
+        if not child.retiring and not child.closed:
+            self._idle.append(child)
 
     def reap(self) -> list[tuple[Child, int]]:
         """Children that have exited since the last call, with their wait status."""

@@ -107,6 +107,7 @@ class Runner:
             collections.OrderedDict()
         self.bodies: dict[int, bytes] = {}
         self.body_refs: collections.Counter[int] = collections.Counter()
+        self.backlog_rows = 0
         self.active: collections.Counter[str] = collections.Counter()
         self.results: list[Attempt] = []
         self.first_result_at = 0.0
@@ -118,6 +119,7 @@ class Runner:
         self.db_retry_at = 0.0
         self.db_failures = 0
         self.timers = {"renew": 0.0, "recover": 0.0, "heartbeat": 0.0}
+        self.next_hung_check = 0.0
         self.started_at = time.time()
         self.selector = selectors.DefaultSelector()
         self.store: Store | None = None
@@ -171,7 +173,7 @@ class Runner:
     def _loop(self) -> None:
         while True:
             now = time.monotonic()
-            if self.stopping and (not self.pool.busy() or now >= self.stop_deadline):
+            if self.stopping and (not self.pool.busy_count() or now >= self.stop_deadline):
                 return
             if now >= self.db_retry_at:
                 self._database_work(now)
@@ -204,14 +206,14 @@ class Runner:
     def _timeout(self) -> float:
         now = time.monotonic()
         deadlines = [now + 5.0, *self.timers.values()]
-        if not self.stopping:
+        if not self.stopping and self._claim_room():
             deadlines.append(max(self.next_scan, self.db_retry_at))
         if self.results:
             deadlines.append(self.first_result_at + self.config.runner.flush_interval)
         if self.stopping:
             deadlines.append(self.stop_deadline)
-        deadlines.extend(c.last_heard + self.config.runner.child_timeout
-                         for c in self.pool.busy())
+        if self.pool.busy_count():
+            deadlines.append(self.next_hung_check)
         return max(0.0, min(deadlines) - now)
 
     def _on_event(self, key: selectors.SelectorKey) -> None:
@@ -229,7 +231,7 @@ class Runner:
                 self._feed(child)
 
     def _drained(self) -> bool:
-        if self.want_claim or self.backlog or self.pool.busy() or self.results:
+        if self.want_claim or self.backlog or self.pool.busy_count() or self.results:
             return False
         try:
             due = self.store.next_due()
@@ -255,12 +257,13 @@ class Runner:
     def handle_stop(self, why: str) -> None:
         if self.stopping:
             return
-        self.log.info("stopping", signal=why, busy_children=len(self.pool.busy()),
+        self.log.info("stopping", signal=why, busy_children=self.pool.busy_count(),
                       grace=self.config.runner.grace_period)
         self.stopping = True
         self.stop_deadline = time.monotonic() + self.config.runner.grace_period
         unstarted = [row.id for rows in self.backlog.values() for row in rows]
         self.backlog.clear()
+        self.backlog_rows = 0
         self.bodies.clear()
         self.body_refs.clear()
         try:
@@ -299,8 +302,11 @@ class Runner:
 
     # -- claiming -------------------------------------------------------------
 
-    def _backlog_size(self) -> int:
-        return sum(len(rows) for rows in self.backlog.values())
+    def _claim_room(self) -> int:
+        """How many rows to claim now: none until the backlog is half used up."""
+        batch = self.config.runner.claim_batch
+        room = batch - self.backlog_rows
+        return room if room >= batch // 2 else 0
 
     def _claim(self, now: float) -> None:
         runner = self.config.runner
@@ -308,8 +314,8 @@ class Runner:
             self.want_claim = True
         if not self.want_claim or now < self.next_scan:
             return
-        room = runner.claim_batch - self._backlog_size()
-        if room < runner.claim_batch // 2:
+        room = self._claim_room()
+        if not room:
             return
         wall = time.time()
         rows = self.store.claim(self.owner, room, wall + runner.lease, wall)
@@ -320,6 +326,7 @@ class Runner:
                 self._record(outcome.expired_unsent(row))
                 continue
             self.backlog.setdefault(row.domain, collections.deque()).append(row)
+            self.backlog_rows += 1
             self.body_refs[row.message_id] += 1
         if len(rows) < room:
             self.want_claim = False
@@ -351,6 +358,8 @@ class Runner:
         limit = self.config.runner.destination_concurrency
         progress = True
         while progress and self.backlog:
+            if self.pool.busy_count() >= self.config.runner.max_children:
+                return
             progress = False
             for domain in list(self.backlog):
                 if self.active[domain] >= limit:
@@ -377,6 +386,7 @@ class Runner:
     def _send_job(self, child: Child, domain: str) -> None:
         queue = self.backlog[domain]
         rows = [queue.popleft() for _ in range(min(self.config.runner.job_size, len(queue)))]
+        self.backlog_rows -= len(rows)
         if not queue:
             del self.backlog[domain]
         else:
@@ -389,7 +399,7 @@ class Runner:
             self._unref_body(row.message_id)
         self.job_ids += 1
         child.outbuf += encode_job(Job(self.job_ids, domain, list(messages.values())))
-        child.domain = domain
+        self.pool.assign(child, domain)
         child.pending = {row.id: row for row in rows}
         child.last_heard = time.monotonic()
         self.active[domain] += 1
@@ -447,9 +457,11 @@ class Runner:
     def _job_done(self, child: Child) -> None:
         self._fail_pending(child, "delivery agent gave no result")
         self.active[child.domain] -= 1
-        child.domain = None
         child.uses += 1
         if child.uses >= self.config.runner.max_use or child.retiring or self.stopping:
+            child.retiring = True
+        self.pool.unassign(child)
+        if child.retiring:
             self._retire(child)
 
     def _retire(self, child: Child) -> None:
@@ -471,13 +483,16 @@ class Runner:
         self._fail_pending(child, why)
         if child.busy:
             self.active[child.domain] -= 1
-            child.domain = None
+            self.pool.unassign(child)
         for fd in (child.stdin, child.stdout):
             if fd >= 0 and self.selector.get_map().get(fd) is not None:
                 self.selector.unregister(fd)
         child.close()
 
     def _check_hung(self, now: float) -> None:
+        if now < self.next_hung_check:
+            return
+        self.next_hung_check = now + min(1.0, self.config.runner.child_timeout / 4)
         for child in self.pool.busy():
             if now - child.last_heard > self.config.runner.child_timeout:
                 self.log.error("child_timeout", pid=child.pid, domain=child.domain,
