@@ -453,6 +453,20 @@ def test_two_messages_share_one_connection(world):
     assert sink.connections == 1
 
 
+def test_open_transaction_is_reset_before_the_next_message(world):
+    world.host(DOMAIN, 2)
+    sink = world.sink(2, Sink({"bob": "550 5.1.1 No such user"}))
+    job = Job(1, DOMAIN, [Message(SENDER, b"first\r\n", [Recipient(1, f"bob@{DOMAIN}")]),
+                          Message(SENDER, b"second\r\n", [Recipient(2, f"amy@{DOMAIN}")])])
+
+    result = deliver(world.config(), job)
+
+    # Without an RSET after the refused RCPT, the second MAIL would be a nested one (503).
+    assert [result[1]["status"], result[2]["status"]] == ["bounced", "sent"]
+    assert [r.data for r in sink.handler.received] == [b"second\r\n"]
+    assert sink.connections == 1
+
+
 def test_bare_lf_becomes_crlf_and_dots_survive(world):
     world.host(DOMAIN, 2)
     sink = world.sink(2)
