@@ -80,16 +80,12 @@ def enqueue(message: bytes | None = None, *, sender: str | None = None,
     owned = store is None
     store = store or store_for(config)
     try:
-        suppressed = store.suppressed(wanted)
-        queued = [r for r in wanted if r not in suppressed]
-        result = EnqueueResult(queued=queued, suppressed=[r for r in wanted if r in suppressed])
-        if queued:
-            now = time.time()
-            limit = now + config.runner.max_lifetime
-            result.ids = store.enqueue(sender, data, [(r, domain_of(r)) for r in queued],
-                                       PRIORITIES[priority],
-                                       min(limit, expires_at) if expires_at else limit,
-                                       not_before)
+        limit = time.time() + config.runner.max_lifetime
+        ids, skipped = store.enqueue(sender, data, [(r, domain_of(r)) for r in wanted],
+                                     PRIORITIES[priority],
+                                     min(limit, expires_at) if expires_at else limit, not_before)
+        result = EnqueueResult(ids=ids, queued=[r for r in wanted if r not in skipped],
+                               suppressed=[r for r in wanted if r in skipped])
     finally:
         if owned:
             store.close()

@@ -16,7 +16,9 @@ BODY = b"From: a@example.org\r\nSubject: t\r\n\r\nbody\r\n"
 
 def _enqueue(store, n, domain="example.test", priority=1, **kw):
     rcpts = [(f"user{i}@{domain}", domain) for i in range(n)]
-    return store.enqueue("a@example.org", BODY, rcpts, priority, time.time() + 3600, **kw)
+    ids, skipped = store.enqueue("a@example.org", BODY, rcpts, priority, time.time() + 3600, **kw)
+    assert not skipped
+    return ids
 
 
 def test_upgrade_is_idempotent_and_versioned(store):
@@ -129,3 +131,15 @@ def test_next_due_and_flush(store):
     assert store.next_due() == pytest.approx(later)
     assert store.flush() == 1
     assert store.next_due() <= time.time()
+
+
+def test_enqueue_skips_suppressed_recipients_in_the_same_transaction(store):
+    _enqueue(store, 1, domain="gone.test")
+    (row,) = store.claim("r1", 1, time.time() + 60)
+    store.record([Attempt(row, "bounced", 550, "5.1.1", "no such user", "mx", suppress=True)],
+                 "r1")
+    rcpts = [("user0@gone.test", "gone.test"), ("USER1@gone.test", "gone.test")]
+    ids, skipped = store.enqueue("a@example.org", BODY, rcpts, 1, time.time() + 60)
+    assert skipped == {"user0@gone.test"} and len(ids) == 1
+    ids, skipped = store.enqueue("a@example.org", BODY, rcpts[:1], 1, time.time() + 60)
+    assert ids == [] and store.state_counts()["queued"] == 1

@@ -145,33 +145,46 @@ class Store:
 
     # -- enqueue --------------------------------------------------------------
 
-    def suppressed(self, addresses: Sequence[str]) -> set[str]:
+    def _suppressed(self, cur: Any, addresses: Sequence[str]) -> set[str]:
         found: set[str] = set()
-        with self.transaction() as cur:
-            for chunk in _chunks(list(addresses)):
-                rows = self.execute(cur, f"SELECT address FROM suppression WHERE address IN "
-                                         f"({_marks(chunk)})", [a.lower() for a in chunk])
-                found.update(r[0] for r in rows.fetchall())
+        for chunk in _chunks(list(addresses)):
+            rows = self.execute(cur, f"SELECT address FROM suppression WHERE address IN "
+                                     f"({_marks(chunk)})", [a.lower() for a in chunk])
+            found.update(r[0] for r in rows.fetchall())
         return {a for a in addresses if a.lower() in found}
 
+    def suppressed(self, addresses: Sequence[str]) -> set[str]:
+        with self.transaction() as cur:
+            return self._suppressed(cur, addresses)
+
     def enqueue(self, sender: str, body: bytes, recipients: Sequence[tuple[str, str]],
-                priority: int, expires_at: float, not_before: float | None = None) -> list[int]:
-        """Store one message and one queue row per (recipient, domain); returns row ids."""
+                priority: int, expires_at: float,
+                not_before: float | None = None) -> tuple[list[int], set[str]]:
+        """Store one message and one queue row per unsuppressed (recipient, domain).
+
+        Returns the new row ids and the recipients skipped as suppressed; the
+        check and the inserts share one transaction.  No message is stored
+        when every recipient is suppressed.
+        """
         now = time.time()
         due = now if not_before is None else not_before
         with self.transaction() as cur:
+            skipped = self._suppressed(cur, [r for r, _ in recipients])
+            wanted = [(r, d) for r, d in recipients if r not in skipped]
+            if not wanted:
+                return [], skipped
             self.execute(cur, "INSERT INTO message (sender, body, size, created_at) "
                               "VALUES (?, ?, ?, ?)", (sender, body, len(body), now))
             message_id = self.last_id(cur)
             ids = []
-            for recipient, domain in recipients:
+            for recipient, domain in wanted:
                 self.execute(cur, "INSERT INTO notify (message_id, sender, recipient, domain, "
                                   "priority, state, attempts, created_at, not_before, expires_at) "
                                   "VALUES (?, ?, ?, ?, ?, 'queued', 0, ?, ?, ?)",
                              (message_id, sender, recipient, domain, priority, now, due,
                               expires_at))
                 ids.append(self.last_id(cur))
-        return ids
+        return ids, skipped
 
     # -- the runner's side ---------------------------------------------------
 
