@@ -211,25 +211,28 @@ def _transfer(session: Session, out: _Outgoing, ledger: _Ledger) -> bool:
             f"message size {out.size} exceeds size limit {limit} of server {session.relay}",
             session.relay))
         return False
-    reply = session.command("sending MAIL FROM", config.mail_timeout,
-                            session.mail, out.message.sender, session.mail_options(out))
-    if not reply.accepted:
-        ledger.record(out, list(out.pending), reply)
-        return False
+    if session.has_extn("pipelining"):
+        mail, rcpts, data = session.pipelined_envelope(out)
+    else:
+        mail, rcpts, data = session.envelope(out)
+    if not mail.accepted:
+        ledger.record(out, list(out.pending), mail)
+        return True
     accepted = []
-    for recipient in list(out.pending):
-        reply = session.command("sending RCPT TO", config.rcpt_timeout, session.rcpt, recipient.to)
+    for recipient, reply in zip(list(out.pending), rcpts):
         if reply.accepted:
             accepted.append(recipient)
         else:
             ledger.record(out, [recipient], reply)
+    if data is None or data.code != 354:
+        if data is not None:
+            ledger.record(out, accepted, data)
+        return True
     if not accepted:
-        return True
-    reply = session.command("sending DATA command", config.data_init_timeout,
-                            session.docmd, "DATA", outcome=trouble.outcome_for_refusal)
-    if reply.code != 354:
-        ledger.record(out, accepted, reply)
-        return True
+        # A server that said 354 though it took no recipient: end the empty
+        # transaction with a bare dot rather than send the message to nobody.
+        session.command("ending an empty transaction", config.data_done_timeout, session.end_data)
+        return False
     session.send_body(out.body)
     try:
         reply = session.command("sending end of data -- message may be sent more than once",
@@ -400,6 +403,48 @@ class Session(smtplib.SMTP):
         if out.eight_bit and self.has_extn("8bitmime"):
             options.append("BODY=8BITMIME")
         return options
+
+    def envelope(self, out: _Outgoing) -> tuple[Reply, list[Reply], Reply | None]:
+        """MAIL, RCPT per pending recipient and DATA, one round trip each.
+
+        Stops early as a server would have it: no RCPT after a refused MAIL,
+        no DATA when no recipient was accepted (then ``data`` is None).
+        """
+        config = self.config
+        mail = self.command("sending MAIL FROM", config.mail_timeout, self.mail,
+                            out.message.sender, self.mail_options(out))
+        if not mail.accepted:
+            return mail, [], None
+        rcpts = [self.command("sending RCPT TO", config.rcpt_timeout, self.rcpt, r.to)
+                 for r in out.pending]
+        if not any(r.accepted for r in rcpts):
+            return mail, rcpts, None
+        data = self.command("sending DATA command", config.data_init_timeout, self.docmd,
+                            "DATA", outcome=trouble.outcome_for_refusal)
+        return mail, rcpts, data
+
+    def pipelined_envelope(self, out: _Outgoing) -> tuple[Reply, list[Reply], Reply | None]:
+        """MAIL, every RCPT and DATA in one write, then their replies (RFC 2920).
+
+        One round trip instead of two plus one per recipient: what decides
+        throughput to a distant MX.  The server answers every command in
+        order; DATA is refused by the server itself when nothing was accepted.
+        """
+        config = self.config
+        commands = ["MAIL FROM:" + smtplib.quoteaddr(out.message.sender)
+                    + "".join(" " + option for option in self.mail_options(out))]
+        commands += ["RCPT TO:" + smtplib.quoteaddr(r.to) for r in out.pending]
+        commands.append("DATA")
+        wire = "".join(f"{command}\r\n" for command in commands)
+        if any(c in command for command in commands for c in "\r\n\0"):
+            raise ValueError("line break or NUL in an envelope address")
+        self._talk("sending MAIL FROM", config.mail_timeout, self.send, wire.encode("ascii"))
+        mail = self.command("sending MAIL FROM", config.mail_timeout, self.getreply)
+        rcpts = [self.command("sending RCPT TO", config.rcpt_timeout, self.getreply)
+                 for _ in out.pending]
+        data = self.command("sending DATA command", config.data_init_timeout, self.getreply,
+                            outcome=trouble.outcome_for_refusal)
+        return mail, rcpts, data
 
     def send_body(self, body: bytes) -> None:
         for start in range(0, len(body), _CHUNK):

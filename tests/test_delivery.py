@@ -108,6 +108,17 @@ def test_5xx_bounces_and_suppresses_the_address(world, spool):
     assert proc.returncode == 1 and b"skipped gone@strict.test: suppressed" in proc.stderr
 
 
+def test_one_pipelined_transaction_gets_an_outcome_per_recipient(world, spool):
+    world.add_domain("mixed.test", Behaviour(rcpt_replies={
+        "gone@mixed.test": "550 5.1.1 No such user", "full@mixed.test": "452 4.2.2 Mailbox full"}))
+    _enqueue(spool, ["ok@mixed.test", "gone@mixed.test", "full@mixed.test"])
+    spool.drain()
+    assert _statuses(spool) == [("full@mixed.test", "deferred"), ("gone@mixed.test", "bounced"),
+                                ("ok@mixed.test", "sent")]
+    (received,) = world.all_messages()
+    assert received.rcpt_tos == ["ok@mixed.test"]
+
+
 def test_policy_rejection_does_not_suppress(world, spool):
     world.add_domain("picky.test", Behaviour(data_reply="554 5.7.1 Message refused as spam"))
     _enqueue(spool, ["a@picky.test"])

@@ -34,9 +34,11 @@ class Behaviour:
     tempfail_first: int = 0  # 450 at RCPT for each address's first N tries
     mail_reply: str | None = None
     rcpt_reply: str | None = None
+    rcpt_replies: dict[str, str] = field(default_factory=dict)  # per address, over the above
     data_reply: str | None = None  # reply to the final dot instead of 250
     delay: float = 0.0  # seconds before each reply to MAIL, RCPT and the final dot
     drop_in_data: bool = False  # take the data, then close without a reply
+    pipelining: bool = True  # advertise PIPELINING (RFC 2920), as real MX hosts do
 
 
 @dataclass
@@ -87,6 +89,13 @@ class Sink:
 
     # -- aiosmtpd handler hooks -------------------------------------------
 
+    async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope,
+                          hostname: str, responses: list[str]) -> list[str]:
+        session.host_name = hostname
+        if self.behaviour.pipelining:
+            responses.insert(len(responses) - 1, "250-PIPELINING")
+        return responses
+
     async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope,
                           address: str, options: list[str]) -> str:
         behaviour = self.behaviour
@@ -104,8 +113,9 @@ class Sink:
         with self.lock:
             self.rcpt_attempts[address] += 1
             tries = self.rcpt_attempts[address]
-        if behaviour.rcpt_reply:
-            return behaviour.rcpt_reply
+        reply = behaviour.rcpt_replies.get(address, behaviour.rcpt_reply)
+        if reply:
+            return reply
         if tries <= behaviour.tempfail_first:
             return "450 4.2.0 Greylisted, try again later"
         envelope.rcpt_tos.append(address)
