@@ -1,0 +1,91 @@
+"""The fake internet both spoolers deliver to: smtp-sink MX hosts and their DNS.
+
+``SinkFleet`` runs Postfix's ``smtp-sink`` (C, fast, so the sinks are not
+what is measured) on 127.0.2.1, 127.0.2.2, ... all on one port, and reads
+the running counters it prints with ``-c`` to tell how many messages were
+accepted.  ``SlowSinks`` puts aiosmtpd sinks (spoold.fakenet) on the same
+addresses on another port, each reply delayed, for the WAN-like scenario
+and for latency timestamps, which smtp-sink's whole-second delays cannot
+give.  ``zone`` is the DNS data spoold resolves: one MX host per domain,
+spread over the sinks; Postfix gets the same map as ``transport_maps``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from bench.procs import Procs
+from spoold.fakenet import Behaviour, DNSServer, SinkPool
+
+_COUNTER = re.compile(rb"mesg=(\d+)")
+
+
+def domains(count: int) -> list[str]:
+    return [f"d{i}.bench.test" for i in range(count)]
+
+
+def sink_host(index: int) -> str:
+    return f"127.0.2.{index + 1}"
+
+
+def host_for(domain_index: int, sinks: int) -> str:
+    return sink_host(domain_index % sinks)
+
+
+def zone(names: list[str], sinks: int) -> dict[str, dict[str, list]]:
+    """MX and A records: domain i goes to the sink at host_for(i)."""
+    records: dict[str, dict[str, list]] = {}
+    for index, name in enumerate(names):
+        records[name] = {"MX": [(10, f"mx.{name}")]}
+        records[f"mx.{name}"] = {"A": [host_for(index, sinks)]}
+    return records
+
+
+def start_dns(names: list[str], sinks: int) -> DNSServer:
+    return DNSServer(zone(names, sinks)).start()
+
+
+class SinkFleet:
+    """smtp-sink processes, one per loopback address, counting accepted messages."""
+
+    def __init__(self, procs: Procs, work: Path, count: int, port: int):
+        self.count, self.port = count, port
+        self.logs = [work / f"sink{i}.out" for i in range(count)]
+        for index, log in enumerate(self.logs):
+            log.write_bytes(b"")
+            procs.start(["smtp-sink", "-c", "-u", "nobody", "-m", "2000",
+                         f"{sink_host(index)}:{port}", "1024"], log=log)
+
+    def accepted(self) -> int:
+        return sum(_last_counter(log) for log in self.logs)
+
+
+def _last_counter(log: Path) -> int:
+    with open(log, "rb") as handle:
+        handle.seek(0, 2)
+        handle.seek(max(0, handle.tell() - 128))
+        found = _COUNTER.findall(handle.read())
+    return int(found[-1]) if found else 0
+
+
+class SlowSinks:
+    """aiosmtpd sinks that wait ``delay`` seconds before each reply, with arrival times."""
+
+    def __init__(self, count: int, port: int, delay: float):
+        self.pool = SinkPool().start()
+        self.sinks = [self.pool.add(sink_host(i), port, Behaviour(delay=delay))
+                      for i in range(count)]
+
+    def accepted(self) -> int:
+        return sum(len(sink.messages) for sink in self.sinks)
+
+    def arrivals(self) -> list[float]:
+        return sorted(r.at for sink in self.sinks for r in sink.messages)
+
+    def reset(self) -> None:
+        for sink in self.sinks:
+            sink.reset()
+
+    def stop(self) -> None:
+        self.pool.stop()
