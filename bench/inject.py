@@ -3,11 +3,14 @@
     python -m bench.inject CONFIG SIZE < recipients
 
 Runs as its own process so that the benchmark can count its CPU as
-spoold's: this is what an application pays to hand mail to spoold.
+spoold's: this is what an application pays to hand mail to spoold.  Like
+smtp-source on the Postfix side, it submits whole messages (headers and a
+body of SIZE bytes) that it formats itself, as an application would.
 """
 
 from __future__ import annotations
 
+import email.utils
 import sys
 
 from spoold import config as config_mod
@@ -22,13 +25,19 @@ def body_of(size: int) -> str:
     return (line * (size // len(line) + 1))[:size]
 
 
+def message(index: int, recipient: str, body: str) -> bytes:
+    return (f"From: <{SENDER}>\r\nTo: <{recipient}>\r\nSubject: Benchmark {index}\r\n"
+            f"Date: {email.utils.formatdate()}\r\n"
+            f"Message-ID: <{index}.{email.utils.make_msgid()[1:]}\r\n\r\n{body}").encode()
+
+
 def main() -> None:
     config = config_mod.load(sys.argv[1])
     body = body_of(int(sys.argv[2]))
     store = store_for(config)
     for index, recipient in enumerate(sys.stdin.read().split()):
-        enqueue(sender=SENDER, recipients=[recipient], subject=f"Benchmark {index}",
-                body=body, config=config, store=store)
+        enqueue(message(index, recipient, body), sender=SENDER, recipients=[recipient],
+                config=config, store=store)
     store.close()
 
 

@@ -13,7 +13,10 @@ DESCRIPTION
     For each job the child looks up the domain's MX hosts (sender.mx), then
     offers the messages to them in order over one SMTP connection per host
     (sender.client): EHLO, STARTTLS per the tls setting, then MAIL FROM,
-    RCPT TO and DATA per message, RSET between messages, QUIT.  It writes
+    RCPT TO and DATA per message (pipelined where the server offers it),
+    RSET only after a transaction left open.  The last clean connection
+    stays open for connection_cache_time seconds, for the next job to the
+    same host, then QUIT (Postfix's connection cache).  It writes
     one result line per recipient as soon as its outcome is final -- sent,
     bounced, or deferred once every MX host has been tried -- and then
     {"done": <job>}.  Every line is flushed at once: the runner records
@@ -64,6 +67,9 @@ CONFIGURATION
     data_block_timeout (180), data_done_timeout (600), quit_timeout (300)
         Seconds allowed for each stage of the SMTP dialogue (RFC 5321
         4.5.3.2); helo_timeout also covers STARTTLS, quit_timeout RSET.
+    connection_cache_time (2), connection_reuse_time (300)
+        Seconds an idle connection is kept for the next job, and the age
+        after which a connection is no longer reused.
 
 SEE ALSO
     sender.protocol (the pipe protocol), sender.trouble (outcome policy),
@@ -74,9 +80,11 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import socket
 import sys
+import time
 import traceback
 from typing import BinaryIO
 
@@ -129,13 +137,39 @@ def _readable_ids(line: bytes) -> tuple[int | None, list[int]]:
     return obj["job"], ids
 
 
+class _Input:
+    """stdin as lines, with a limit on each wait: kept connections close on time."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._buffer = bytearray()
+
+    def readline(self, timeout: float | None) -> bytes | None:
+        """The next line (what is left, then b"" at EOF); None if ``timeout`` passed first."""
+        while True:
+            end = self._buffer.find(b"\n")
+            if end >= 0:
+                line = bytes(self._buffer[:end + 1])
+                del self._buffer[:end + 1]
+                return line
+            if not select.select([self._fd], [], [], timeout)[0]:
+                return None
+            chunk = os.read(self._fd, 1 << 16)
+            if not chunk:
+                line = bytes(self._buffer)
+                self._buffer.clear()
+                return line
+            self._buffer += chunk
+
+
 class _Child:
-    """The job loop: one config, one resolver (cache) for every job."""
+    """The job loop: one config, one resolver cache and one kept connection for every job."""
 
     def __init__(self, config: SenderConfig, output: _Output) -> None:
         self.config = config
         self.output = output
         self._resolver = None
+        self._sessions = None
 
     def serve(self, line: bytes) -> None:
         """Answer one job line: results, then done (or an error line)."""
@@ -170,7 +204,8 @@ class _Child:
 
             if self._resolver is None:
                 self._resolver = mx.MxResolver(self.config)
-            client.deliver(job, self.config, self._resolver, emit)
+                self._sessions = client.SessionCache(self.config)
+            client.deliver(job, self.config, self._resolver, emit, self._sessions)
         except Exception as exc:
             traceback.print_exc(file=sys.stderr)
             text = f"delivery agent error: {type(exc).__name__}: {exc}"
@@ -179,6 +214,19 @@ class _Child:
                     if recipient.id not in answered:
                         answered.add(recipient.id)
                         self.output.result(_deferred(recipient.id, text))
+
+    def wait_limit(self) -> float | None:
+        """How long to wait for the next job before the kept connection must close."""
+        deadline = self._sessions.deadline() if self._sessions else None
+        return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+    def close_expired(self) -> None:
+        if self._sessions:
+            self._sessions.expire()
+
+    def close(self) -> None:
+        if self._sessions:
+            self._sessions.close()
 
 
 def _die_with_parent(parent: int) -> None:
@@ -203,9 +251,9 @@ def main() -> int:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     parent = os.getppid()
     _die_with_parent(parent)
-    stdin = sys.stdin.buffer
+    stdin = _Input(sys.stdin.fileno())
     output = _Output(sys.stdout.buffer)
-    first = stdin.readline()
+    first = stdin.readline(None)
     if not first:
         return 0
     try:
@@ -215,10 +263,17 @@ def main() -> int:
         return EX_CONFIG
     config.helo_name = config.helo_name or socket.getfqdn()
     child = _Child(config, output)
-    for line in iter(stdin.readline, b""):
+    while True:
+        line = stdin.readline(child.wait_limit())
+        if line is None:
+            child.close_expired()
+            continue
+        if not line:
+            break
         child.serve(line)
         if os.getppid() != parent:
             break
+    child.close()
     return 0
 
 

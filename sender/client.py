@@ -2,7 +2,11 @@
 
 deliver() is a job's whole delivery.  It asks sender.mx for the targets and
 walks them in order, opening one connection to each and reusing it for every
-message of the job (RSET between messages).  A recipient ends as soon as a
+message of the job (RSET only after a transaction left open).  A clean
+connection outlives the job in the child's SessionCache for a moment, so
+that the next job to the same host skips connect, greeting and EHLO
+(Postfix's connection cache); a cached connection the server has dropped
+meanwhile is replaced before any recipient is touched.  A recipient ends as soon as a
 server gives a final answer -- 2xx sent, 5xx bounced -- and its result is
 emitted at once; a 4xx or a network failure leaves it pending for the next
 MX host, and whatever is still pending when the hosts run out is deferred
@@ -21,6 +25,7 @@ import contextlib
 import functools
 import re
 import smtplib
+import socket
 import ssl
 import time
 from collections.abc import Callable
@@ -145,8 +150,58 @@ class _Ledger:
                 self.end(out, [recipient], self._last[recipient.id])
 
 
+class SessionCache:
+    """The one connection a child keeps open between jobs, and when it must close.
+
+    Jobs for a destination go to the child that served it last (the
+    runner's choice), so one kept connection is what they can use; it is
+    closed once idle for ``connection_cache_time`` or older than
+    ``connection_reuse_time``, and as soon as the child works for another
+    host, so that a destination never holds more connections than the
+    runner lets children work for it at once (destination_concurrency).
+    """
+
+    def __init__(self, config: SenderConfig) -> None:
+        self.config = config
+        self._session: Session | None = None
+        self._idle_since = 0.0
+
+    def take(self, target: Target) -> Session | None:
+        """The kept connection if it goes to ``target``; one to another host is closed."""
+        self.expire()
+        session, self._session = self._session, None
+        if session is not None and session.target != target:
+            session.goodbye()
+            return None
+        return session
+
+    def keep(self, session: Session) -> None:
+        if self.config.connection_cache_time <= 0:
+            session.goodbye()
+            return
+        self.close()
+        self._session, self._idle_since = session, time.monotonic()
+
+    def deadline(self) -> float | None:
+        """When the kept connection must be closed (monotonic), if one is kept."""
+        if self._session is None:
+            return None
+        return min(self._idle_since + self.config.connection_cache_time,
+                   self._session.opened_at + self.config.connection_reuse_time)
+
+    def expire(self) -> None:
+        deadline = self.deadline()
+        if deadline is not None and time.monotonic() >= deadline:
+            self.close()
+
+    def close(self) -> None:
+        if self._session is not None:
+            self._session.goodbye()
+            self._session = None
+
+
 def deliver(job: Job, config: SenderConfig, resolver: MxResolver,
-            emit: Callable[[Result], None]) -> None:
+            emit: Callable[[Result], None], cache: SessionCache) -> None:
     """Deliver every message of ``job``, calling ``emit`` once per recipient.
 
     Results come as soon as they are final; deferrals come last, once every
@@ -162,30 +217,50 @@ def deliver(job: Job, config: SenderConfig, resolver: MxResolver,
     for target in targets:
         if not ledger.has_pending():
             break
-        _try_host(target, config, ledger)
+        _try_host(target, config, ledger, cache)
     ledger.give_up()
 
 
-def _try_host(target: Target, config: SenderConfig, ledger: _Ledger) -> None:
-    """Offer every pending message to one host over one connection."""
-    todo = [out for out in ledger.outgoing if out.pending]
+def _try_host(target: Target, config: SenderConfig, ledger: _Ledger,
+              cache: SessionCache) -> None:
+    """Offer every pending message to one host over one connection, kept or new."""
+    kept = cache.take(target)
+    if kept is not None and _offer(kept, ledger, cache, reused=True):
+        return
     try:
         session = _open_session(target, config)
     except HostFailure as exc:
-        ledger.host_failed(todo, exc.reply)
+        ledger.host_failed([out for out in ledger.outgoing if out.pending], exc.reply)
         return
-    try:
-        unfinished = False
-        for index, out in enumerate(todo):
-            try:
-                if unfinished:
-                    session.reset()
-                unfinished = _transfer(session, out, ledger)
-            except HostFailure as exc:
-                ledger.host_failed(todo[index:], exc.reply)
-                return
-    finally:
+    _offer(session, ledger, cache, reused=False)
+
+
+def _offer(session: Session, ledger: _Ledger, cache: SessionCache, reused: bool) -> bool:
+    """Send the pending messages over ``session``; keep it in ``cache`` if left clean.
+
+    Returns False, having recorded nothing, when a ``reused`` connection
+    turns out dead before the server answered anything: the server closed
+    it while it was kept, which says nothing about the host or the mail.
+    """
+    todo = [out for out in ledger.outgoing if out.pending]
+    answers = session.answers
+    unfinished = False
+    for index, out in enumerate(todo):
+        try:
+            if unfinished:
+                session.reset()
+            unfinished = _transfer(session, out, ledger)
+        except HostFailure as exc:
+            session.goodbye()
+            if reused and session.answers == answers:
+                return False
+            ledger.host_failed(todo[index:], exc.reply)
+            return True
+    if unfinished:
         session.goodbye()
+    else:
+        cache.keep(session)
+    return True
 
 
 def _open_session(target: Target, config: SenderConfig) -> Session:
@@ -276,6 +351,8 @@ class Session(smtplib.SMTP):
         self.target = target
         self.config = config
         self.relay = f"{target.host}[{target.address}]:{config.port}"
+        self.opened_at = time.monotonic()
+        self.answers = 0  # replies other than 421: proof that the connection is alive
 
     @classmethod
     def open(cls, target: Target, config: SenderConfig, tls: str) -> Session:
@@ -304,6 +381,10 @@ class Session(smtplib.SMTP):
                 reason = "Connection timed out"
             raise HostFailure(Reply(
                 trouble.CONNECT_FAILED, f"connect to {self.relay}: {reason}", self.relay)) from exc
+        # Every write is a whole command group or message block already, so
+        # Nagle's algorithm only holds back the small ones (the final dot,
+        # a pipelined envelope) for the server's delayed ACK: 40 ms a message.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.settimeout(self.config.greeting_timeout)
         return sock
 
@@ -358,6 +439,8 @@ class Session(smtplib.SMTP):
             3.8: it is closing the session).
         """
         code, raw = self._talk(stage, timeout, call, *args)
+        if code > 0 and code != 421:
+            self.answers += 1
         text = _one_line(raw)
         _, dsn = outcome(code, text)
         if code > 0:

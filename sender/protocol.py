@@ -68,6 +68,8 @@ class SenderConfig:
     data_block_timeout: float = 180.0
     data_done_timeout: float = 600.0
     quit_timeout: float = 300.0
+    connection_cache_time: float = 2.0
+    connection_reuse_time: float = 300.0
 
 
 @dataclass

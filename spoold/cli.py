@@ -21,6 +21,8 @@ from collections.abc import Callable, Sequence
 
 import psutil
 
+import sender
+
 from spoold import config as config_mod
 from spoold.config import Config
 from spoold.enqueue import enqueue
@@ -116,7 +118,7 @@ def cmd_status(args: argparse.Namespace, config: Config, store: Store) -> int:
     if pid:
         proc = psutil.Process(pid)
         uptime = int(time.time() - proc.create_time())
-        children = [c for c in proc.children() if "sender" in " ".join(c.cmdline())]
+        children = [c for c in proc.children() if sender.TITLE in " ".join(c.cmdline())]
         print(f"runner: running, pid {pid}, up {datetime.timedelta(seconds=uptime)}, "
               f"children {len(children)}/{config.runner.max_children}")
     else:

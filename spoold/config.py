@@ -117,6 +117,12 @@ SETTINGS: tuple[Setting, ...] = (
             "Reply to the final dot (RFC 5321 4.5.3.2.6).", minimum=0.1),
     Setting("smtp", "quit_timeout", "duration", 300,
             "RSET and QUIT replies.", minimum=0.1),
+    Setting("smtp", "connection_cache_time", "duration", 2,
+            "How long a child keeps an idle connection open for the next job to the same "
+            "host (Postfix smtp_connection_cache_time_limit); 0 closes it at once.", minimum=0),
+    Setting("smtp", "connection_reuse_time", "duration", 300,
+            "A connection is not reused once this old (Postfix "
+            "smtp_connection_reuse_time_limit).", minimum=0),
     Setting("dns", "nameservers", "list", [],
             "Resolvers to ask for MX/A/AAAA; empty means those of /etc/resolv.conf."),
     Setting("dns", "port", "int", 53,

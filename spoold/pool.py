@@ -1,8 +1,13 @@
 """Sender children: their birth, their pipes and their death (Postfix master_spawn).
 
-``Pool.spawn()`` starts ``python -m sender`` with posix_spawn, a pipe on its
-stdin and one on its stdout (both non-blocking on our side), and queues the
-sender configuration as its first line.  The runner puts the pipes in its
+``Pool.spawn()`` forks the runner into a sender child, a pipe on its stdin
+and one on its stdout (both non-blocking on our side), and queues the
+sender configuration as its first line.  The child closes every other file
+descriptor, puts the default signal handlers back, names itself "spoold
+sender" and runs ``sender.__main__.main()`` without an exec: the runner has
+imported the sender's modules already, so a new child costs a fork, not a
+Python start-up (190 ms of CPU each, measured by bench/, which made
+max_children children cost more than the mail they carried).  The runner puts the pipes in its
 select loop; ``Child.feed()`` writes what is pending, ``Child.read_lines()``
 returns the complete lines the child wrote.  ``Pool.reap()`` collects exited
 children with waitpid(-1, WNOHANG) and decodes their status; pids that are
@@ -16,10 +21,20 @@ import os
 import signal
 import sys
 import time
+import traceback
 from dataclasses import dataclass, field
+from typing import NoReturn
 
+import setproctitle
+
+import sender
+import sender.__main__
+import sender.client
+import sender.mx  # imported here so that forked children have it: see above
 from sender.protocol import SenderConfig, encode_config
 from spoold.store import QueueRow
+
+_EX_SOFTWARE = 70
 
 
 @dataclass
@@ -30,6 +45,7 @@ class Child:
     started_at: float
     uses: int = 0
     domain: str | None = None  # destination of the job in hand, None when idle
+    last_domain: str | None = None  # destination of its last job: its kept connection
     pending: dict[int, QueueRow] = field(default_factory=dict)  # sent, not yet answered
     last_heard: float = 0.0
     retiring: bool = False  # serve no further job (max_use reached, config reloaded)
@@ -97,14 +113,35 @@ def describe_status(status: int) -> str:
     return f"status {status}"
 
 
+def _become_sender(stdin: int, stdout: int) -> NoReturn:
+    """In a freshly forked child: nothing of the runner's but the code, then serve jobs."""
+    code = _EX_SOFTWARE
+    try:
+        os.dup2(stdin, 0)
+        os.dup2(stdout, 1)
+        os.closerange(3, os.sysconf("SC_OPEN_MAX"))  # the lock, the database, the sockets
+        signal.set_wakeup_fd(-1)
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+            signal.signal(signum, signal.SIG_DFL)
+        setproctitle.setproctitle(sender.TITLE)
+        code = sender.__main__.main()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else _EX_SOFTWARE
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        sys.stderr.flush()
+        os._exit(code)
+
+
 class Pool:
     """The live sender children, by pid."""
 
-    def __init__(self, config: SenderConfig, python: str = sys.executable):
+    def __init__(self, config: SenderConfig):
         self.config = config
-        self.python = python
         self.children: dict[int, Child] = {}
-        self._idle: list[Child] = []
+        self._idle: dict[int, Child] = {}  # in the order they became idle
+        self._warm: dict[str, dict[int, Child]] = {}  # idle ones by their last destination
         self._busy: dict[int, Child] = {}
 
     def __len__(self) -> int:
@@ -113,14 +150,16 @@ class Pool:
     def spawn(self) -> Child:
         child_in, to_child = os.pipe()
         from_child, child_out = os.pipe()
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()  # or the child would write the runner's buffered output again
         try:
-            pid = os.posix_spawn(self.python, [self.python, "-m", "sender"], os.environ,
-                                 file_actions=[(os.POSIX_SPAWN_DUP2, child_in, 0),
-                                               (os.POSIX_SPAWN_DUP2, child_out, 1)])
+            pid = os.fork()
         except OSError:
             for fd in (child_in, to_child, from_child, child_out):
                 os.close(fd)
             raise
+        if pid == 0:
+            _become_sender(child_in, child_out)
         os.close(child_in)
         os.close(child_out)
         os.set_blocking(to_child, False)
@@ -131,13 +170,33 @@ class Pool:
         self.children[pid] = child
         return child
 
-    def idle(self) -> Child | None:
-        """An idle child fit for another job (the most recently used: its caches are warm)."""
-        while self._idle:
-            child = self._idle.pop()
+    def idle(self, domain: str) -> Child | None:
+        """An idle child fit for a job to ``domain``.
+
+        The one that served ``domain`` last if there is one: its connection
+        to that host may still be open and its DNS answers are cached.
+        Otherwise the one idle the longest, whose kept connection is the
+        least likely to be wanted again.
+        """
+        while True:
+            warm = self._warm.get(domain)
+            if warm:
+                child = warm[next(reversed(warm))]
+            elif self._idle:
+                child = next(iter(self._idle.values()))
+            else:
+                return None
+            self._forget_idle(child)
             if not child.busy and not child.retiring and not child.closed:
                 return child
-        return None
+
+    def _forget_idle(self, child: Child) -> None:
+        self._idle.pop(child.pid, None)
+        warm = self._warm.get(child.last_domain or "")
+        if warm is not None:
+            warm.pop(child.pid, None)
+            if not warm:
+                del self._warm[child.last_domain or ""]
 
     def busy(self) -> list[Child]:
         return list(self._busy.values())
@@ -146,7 +205,8 @@ class Pool:
         return len(self._busy)
 
     def assign(self, child: Child, domain: str) -> None:
-        child.domain = domain
+        self._forget_idle(child)
+        child.domain = child.last_domain = domain
         self._busy[child.pid] = child
 
     def unassign(self, child: Child) -> None:
@@ -154,7 +214,8 @@ class Pool:
         child.domain = None
         self._busy.pop(child.pid, None)
         if not child.retiring and not child.closed:
-            self._idle.append(child)
+            self._idle[child.pid] = child
+            self._warm.setdefault(child.last_domain or "", {})[child.pid] = child
 
     def reap(self) -> list[tuple[Child, int]]:
         """Children that have exited since the last call, with their wait status."""
@@ -168,5 +229,6 @@ class Pool:
                 break
             child = self.children.pop(pid, None)
             if child is not None:
+                self._forget_idle(child)
                 gone.append((child, status))
         return gone

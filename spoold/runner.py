@@ -88,7 +88,8 @@ def sender_config(config: Config) -> SenderConfig:
         helo_timeout=smtp.helo_timeout, mail_timeout=smtp.mail_timeout,
         rcpt_timeout=smtp.rcpt_timeout, data_init_timeout=smtp.data_init_timeout,
         data_block_timeout=smtp.data_block_timeout, data_done_timeout=smtp.data_done_timeout,
-        quit_timeout=smtp.quit_timeout)
+        quit_timeout=smtp.quit_timeout, connection_cache_time=smtp.connection_cache_time,
+        connection_reuse_time=smtp.connection_reuse_time)
 
 
 def owner_name(run_dir: str) -> str:
@@ -364,14 +365,14 @@ class Runner:
             for domain in list(self.backlog):
                 if self.active[domain] >= limit:
                     continue
-                child = self._free_child()
+                child = self._free_child(domain)
                 if child is None:
                     return
                 self._send_job(child, domain)
                 progress = True
 
-    def _free_child(self) -> Child | None:
-        child = self.pool.idle()
+    def _free_child(self, domain: str) -> Child | None:
+        child = self.pool.idle(domain)
         if child is not None or len(self.pool) >= self.config.runner.max_children:
             return child
         try:

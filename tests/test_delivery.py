@@ -9,6 +9,8 @@ import time
 import psutil
 import pytest
 
+import sender
+
 from conftest import wait_for
 
 from spoold.fakenet import Behaviour
@@ -52,7 +54,8 @@ def _received(world):
 
 
 def _sender_children(proc):
-    return [c for c in psutil.Process(proc.pid).children() if "sender" in c.cmdline()]
+    return [c for c in psutil.Process(proc.pid).children()
+            if sender.TITLE in " ".join(c.cmdline())]
 
 
 def test_mx_preference_and_fallback_to_next_mx(world, spool):

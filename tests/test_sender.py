@@ -22,6 +22,7 @@ import ssl
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,17 +125,21 @@ class SinkController(Controller):
 
 class RawServer(socketserver.ThreadingTCPServer):
     """A hand-driven SMTP server: a chosen greeting (None: never greets), and
-    optionally a connection dropped right after the final dot."""
+    optionally a connection dropped right after the final dot, or closed
+    right after the reply to it (as a server whose idle timer ran out)."""
 
     daemon_threads = True
     allow_reuse_address = True
 
     def __init__(self, address: tuple[str, int], greeting: str | None,
-                 drop_after_dot: bool = False) -> None:
+                 drop_after_dot: bool = False, close_after_reply: bool = False) -> None:
         super().__init__(address, _RawHandler)
         self.greeting = greeting
         self.drop_after_dot = drop_after_dot
+        self.close_after_reply = close_after_reply
         self.connections = 0
+        self.messages = 0
+        self.quits = 0
 
 
 class _RawHandler(socketserver.StreamRequestHandler):
@@ -148,6 +153,7 @@ class _RawHandler(socketserver.StreamRequestHandler):
         for line in iter(self.rfile.readline, b""):
             verb = line[:4].upper()
             if verb == b"QUIT":
+                server.quits += 1
                 self.wfile.write(b"221 2.0.0 Bye\r\n")
                 return
             if verb == b"DATA":
@@ -157,7 +163,10 @@ class _RawHandler(socketserver.StreamRequestHandler):
                         break
                 if server.drop_after_dot:
                     return
+                server.messages += 1
             self.wfile.write(b"250 2.0.0 Ok\r\n")
+            if verb == b"DATA" and server.close_after_reply:
+                return
 
 
 class World:
@@ -187,8 +196,9 @@ class World:
         return controller
 
     def raw(self, number: int, greeting: str | None = "220 raw.test ESMTP",
-            drop_after_dot: bool = False) -> RawServer:
-        server = RawServer((self.ip(number), self.port), greeting, drop_after_dot)
+            drop_after_dot: bool = False, close_after_reply: bool = False) -> RawServer:
+        server = RawServer((self.ip(number), self.port), greeting, drop_after_dot,
+                           close_after_reply)
         threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
         self._stops += [server.server_close, server.shutdown]
         return server
@@ -451,6 +461,49 @@ def test_two_messages_share_one_connection(world):
     assert [r["status"] for r in result.values()] == ["sent", "sent"]
     assert [r.data for r in sink.handler.received] == [b"first\r\n", b"second\r\n"]
     assert sink.connections == 1
+
+
+def test_next_job_to_the_same_host_reuses_the_connection(world):
+    world.host(DOMAIN, 2)
+    sink = world.sink(2)
+
+    answers, proc = run_sender(world.config(), make_job(b"first\r\n"),
+                               make_job(b"second\r\n", job_id=2))
+
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert [a.get("status") for a in answers] == ["sent", None, "sent", None]
+    assert [r.data for r in sink.handler.received] == [b"first\r\n", b"second\r\n"]
+    assert sink.connections == 1
+
+
+def test_kept_connection_the_server_closed_is_replaced_without_a_deferral(world):
+    world.host(DOMAIN, 2)
+    server = world.raw(2, close_after_reply=True)
+
+    answers, _ = run_sender(world.config(), make_job(b"first\r\n"),
+                            make_job(b"second\r\n", job_id=2))
+
+    assert [a.get("status") for a in answers] == ["sent", None, "sent", None]
+    assert (server.messages, server.connections) == (2, 2)
+
+
+def test_kept_connection_is_closed_when_idle_for_the_cache_time(world):
+    world.host(DOMAIN, 2)
+    server = world.raw(2)
+    child = subprocess.Popen([sys.executable, "-m", "sender"], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, cwd=ROOT)
+    try:
+        child.stdin.write(encode_config(world.config(connection_cache_time=0.3))
+                          + encode_job(make_job(b"first\r\n")))
+        child.stdin.flush()
+        assert json.loads(child.stdout.readline())["status"] == "sent"
+        assert json.loads(child.stdout.readline()) == {"done": 1}
+        assert server.quits == 0  # kept open for a next job
+        time.sleep(1.0)
+        assert (server.quits, child.poll()) == (1, None)  # closed, though the child lives on
+    finally:
+        child.stdin.close()
+        child.wait(timeout=10)
 
 
 def test_open_transaction_is_reset_before_the_next_message(world):
