@@ -3,20 +3,24 @@
 ``SinkFleet`` runs Postfix's ``smtp-sink`` (C, fast, so the sinks are not
 what is measured) on 127.0.2.1, 127.0.2.2, ... all on one port, and reads
 the running counters it prints with ``-c`` to tell how many messages were
-accepted.  ``SlowSinks`` puts aiosmtpd sinks (spoold.fakenet) on the same
-addresses on another port, each reply delayed, for the WAN-like scenario
-and for latency timestamps, which smtp-sink's whole-second delays cannot
-give.  ``zone`` is the DNS data spoold resolves: one MX host per domain,
-spread over the sinks; Postfix gets the same map as ``transport_maps``.
+accepted.  ``SlowSinks`` puts aiosmtpd sinks (spoold.fakenet, in a process
+of their own: bench/slowsink.py) on the same addresses on another port,
+each reply delayed, for the WAN-like scenario and for latency timestamps,
+which smtp-sink's whole-second delays cannot give.  ``zone`` is the DNS
+data spoold resolves: one MX host per domain, spread over the sinks;
+Postfix gets the same map as ``transport_maps``.
 """
 
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
+import threading
 from pathlib import Path
 
 from bench.procs import Procs
-from spoold.fakenet import Behaviour, DNSServer, SinkPool
+from spoold.fakenet import DNSServer
 
 _COUNTER = re.compile(rb"mesg=(\d+)")
 
@@ -70,22 +74,27 @@ def _last_counter(log: Path) -> int:
 
 
 class SlowSinks:
-    """aiosmtpd sinks that wait ``delay`` seconds before each reply, with arrival times."""
+    """aiosmtpd sinks (bench/slowsink.py) that wait ``delay`` seconds before each reply."""
 
-    def __init__(self, count: int, port: int, delay: float):
-        self.pool = SinkPool().start()
-        self.sinks = [self.pool.add(sink_host(i), port, Behaviour(delay=delay))
-                      for i in range(count)]
+    def __init__(self, procs: Procs, count: int, port: int, delay: float):
+        self.port = port
+        self.proc = procs.start([sys.executable, "-m", "bench.slowsink", str(port), str(delay),
+                                 str(count)], stdout=subprocess.PIPE, text=True)
+        if self.proc.stdout.readline().strip() != "ready":  # type: ignore[union-attr]
+            raise RuntimeError("bench.slowsink did not start")
+        self._arrivals: list[float] = []
+        self._base = 0
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:  # type: ignore[union-attr]
+            self._arrivals.append(float(line))
 
     def accepted(self) -> int:
-        return sum(len(sink.messages) for sink in self.sinks)
+        return len(self._arrivals) - self._base
 
     def arrivals(self) -> list[float]:
-        return sorted(r.at for sink in self.sinks for r in sink.messages)
+        return self._arrivals[self._base:]
 
     def reset(self) -> None:
-        for sink in self.sinks:
-            sink.reset()
-
-    def stop(self) -> None:
-        self.pool.stop()
+        self._base = len(self._arrivals)

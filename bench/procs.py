@@ -16,7 +16,7 @@ import subprocess
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import psutil
 
@@ -28,12 +28,11 @@ class Procs:
 
     def start(self, argv: Sequence[str], log: Path | None = None, **kwargs: Any
               ) -> subprocess.Popen[Any]:
-        out: IO[bytes] | int = open(log, "ab") if log else subprocess.DEVNULL
-        try:
-            proc = subprocess.Popen(list(argv), stdout=out, stderr=subprocess.STDOUT, **kwargs)
-        finally:
-            if log:
-                out.close()  # type: ignore[union-attr]
+        """``argv`` with its output in ``log`` (or ``kwargs``' stdout), stopped at the end."""
+        output = open(log, "ab") if log else contextlib.nullcontext(subprocess.DEVNULL)
+        with output as out:
+            options = {"stdout": out, "stderr": subprocess.STDOUT, **kwargs}
+            proc = subprocess.Popen(list(argv), **options)
         self.adopt(proc.pid)
         self._popen.append(proc)
         return proc

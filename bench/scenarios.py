@@ -32,7 +32,7 @@ from bench.spool import Spoold
 from spoold import config as config_mod
 from spoold.enqueue import enqueue
 from spoold.fakenet import DNSServer
-from spoold.store import store_for
+from spoold.store import PRIORITIES, store_for
 
 FLEET_PORT = 2525
 SLOW_PORT = 2526
@@ -76,8 +76,6 @@ class Setting:
         self.dns = net.start_dns(self.domains, self.sinks)
 
     def stop(self) -> None:
-        for sinks in self.slow.values():
-            sinks.stop()
         if self.dns:
             self.dns.stop()
         self.procs.stop_all()
@@ -85,7 +83,7 @@ class Setting:
     def slow_sinks(self, delay: float) -> net.SlowSinks:
         port = SLOW_PORT + len(self.slow)
         if delay not in self.slow:
-            self.slow[delay] = net.SlowSinks(self.sinks, port, delay)
+            self.slow[delay] = net.SlowSinks(self.procs, self.sinks, port, delay)
         return self.slow[delay]
 
     def spoold(self, port: int, **runner: Any) -> Spoold:
@@ -188,7 +186,7 @@ def throughput(setting: Setting) -> Results:
 
 def wan(setting: Setting, delay: float = 0.1) -> Results:
     slow = setting.slow_sinks(delay)
-    port = slow.sinks[0].port
+    port = slow.port
     systems: dict[str, Spooler] = {"spoold": setting.spoold(port),
                                    "postfix": setting.postfix(port)}
     count = max(1000, setting.messages // 4)
@@ -227,7 +225,7 @@ def ceiling(setting: Setting) -> Results:
 def pickup(setting: Setting, tries: int = 200) -> Results:
     """Latency from enqueue (API; Postfix: sendmail) to arrival, one message at a time."""
     sinks = setting.slow_sinks(0.0)
-    port = sinks.sinks[0].port
+    port = sinks.port
     spoold, postfix = setting.spoold(port), setting.postfix(port)
     config = spoold.prepare()
     store = store_for(config)
@@ -313,7 +311,8 @@ def _fill(config: config_mod.Config, path: Path, due: list[str], backlog: int) -
     """Queue rows straight into SQLite: ``due`` now, ``backlog`` a day from now."""
     store = store_for(config)
     store.enqueue("bench@spoold.bench.test", b"Subject: growth\r\n\r\nhello\r\n",
-                  [(address, address.split("@")[1]) for address in due])
+                  [(address, address.split("@")[1]) for address in due],
+                  PRIORITIES["normal"], time.time() + 86400)
     store.close()
     if not backlog:
         return
