@@ -11,7 +11,8 @@ from pathlib import Path
 
 from spoold.config import Config
 from spoold.errors import StoreError
-from spoold.store.base import FINAL, PRIORITIES, STATES, Attempt, QueueRow, Store
+from spoold.store.api import Store
+from spoold.store.base import FINAL, PRIORITIES, STATES, Attempt, QueueRow
 
 __all__ = [
     "FINAL",

@@ -19,7 +19,7 @@ from urllib.parse import unquote, urlsplit
 import pymysql
 
 from spoold.errors import StoreError, StoreUnavailable
-from spoold.store.base import Store
+from spoold.store.api import Store
 
 # Client and server errors that mean "the server is not there right now".
 _GONE = {2002, 2003, 2006, 2013, 2055, 1040, 1053, 1205, 1213}

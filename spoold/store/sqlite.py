@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 from collections.abc import Iterator, Sequence
 
 from spoold.errors import StoreError, StoreUnavailable
-from spoold.store.base import Store
+from spoold.store.api import Store
 
 # Failures that clear by themselves (lock contention, a full or read-only disk).
 _TRANSIENT = ("locked", "busy", "disk i/o", "readonly", "read-only", "full", "unable to open")

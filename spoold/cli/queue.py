@@ -1,69 +1,31 @@
-"""The ``spoold`` command: daemon, enqueue, queue inspection and operator verbs.
+"""Commands on the queue: enqueue, mailq-style listing, status, operator verbs, log.
 
-Every sub-command is a small function taking the parsed arguments and the
-loaded configuration.  Errors a user can act on arrive as SpooldError
-subclasses and leave as one line on stderr with the error's exit status;
-anything else is reported as an internal error in one line too (set
-SPOOLD_DEBUG=1 to see the traceback).
+    spoold enqueue ...          queue a message (like sendmail)
+    spoold queue | status | log
+    spoold hold|release|requeue|delete ID... | --all | --domain D
+    spoold flush
+    spoold suppression list|remove ADDRESS
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
-import os
 import sys
 import time
-import traceback
 from pathlib import Path
 from typing import Any
-from collections.abc import Callable, Sequence
 
 import psutil
 
 import sender
-
-from spoold import config as config_mod
+from spoold.cli.common import Handler, print_table, when, with_store
 from spoold.config import Config
 from spoold.enqueue import enqueue
 from spoold.errors import MessageError, SpooldError
 from spoold.lock import running_pid
-from spoold.log import configure as configure_log
 from spoold.poke import poke
-from spoold.store import Store, open_store, store_for
-
-Handler = Callable[[argparse.Namespace, Config], int]
-
-
-def _when(epoch: float | None) -> str:
-    if not epoch:
-        return "-"
-    return datetime.datetime.fromtimestamp(epoch).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    cells = [[str(c) for c in headers]] + [["-" if c is None else str(c) for c in r] for r in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    for row in cells:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
-
-
-def _with_store(fn: Callable[[argparse.Namespace, Config, Store], int]) -> Handler:
-    def wrapper(args: argparse.Namespace, config: Config) -> int:
-        store = store_for(config)
-        try:
-            return fn(args, config, store)
-        finally:
-            store.close()
-    return wrapper
-
-
-# -- commands -----------------------------------------------------------------
-
-def cmd_run(args: argparse.Namespace, config: Config) -> int:
-    from spoold.runner import Runner
-
-    return Runner(config, drain=args.drain).run()
+from spoold.store import Store
 
 
 def _read_message(path: str | None) -> bytes:
@@ -92,27 +54,27 @@ def cmd_enqueue(args: argparse.Namespace, config: Config) -> int:
     return 0 if result.ids or not result.suppressed else 1
 
 
-@_with_store
+@with_store
 def cmd_queue(args: argparse.Namespace, config: Config, store: Store) -> int:
     if args.summary:
-        _print_table(("domain", "state", "count"), store.summary())
+        print_table(("domain", "state", "count"), store.summary())
         counts = store.state_counts()
         print("total: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
         return 0
     rows = store.queue_rows(state=args.state, domain=args.domain, limit=args.limit)
     now = time.time()
-    _print_table(
+    print_table(
         ("id", "size", "arrival", "sender", "recipient", "state", "tries", "next", "last reply"),
-        [(r["id"], r["size"], _when(r["created_at"]), r["sender"] or "<>", r["recipient"],
+        [(r["id"], r["size"], when(r["created_at"]), r["sender"] or "<>", r["recipient"],
           r["state"], r["attempts"],
-          _when(r["not_before"]) if r["state"] == "queued" and r["not_before"] > now else "-",
+          when(r["not_before"]) if r["state"] == "queued" and r["not_before"] > now else "-",
           (r["last_reply"] or "")[:80]) for r in rows])
     if not rows:
         print("queue is empty" if args.state is None and args.domain is None else "no match")
     return 0
 
 
-@_with_store
+@with_store
 def cmd_status(args: argparse.Namespace, config: Config, store: Store) -> int:
     pid = running_pid(config.runner.run_dir)
     if pid:
@@ -143,7 +105,7 @@ def _targets(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _admin(verb: str, method: str) -> Handler:
-    @_with_store
+    @with_store
     def handler(args: argparse.Namespace, config: Config, store: Store) -> int:
         count = getattr(store, method)(**_targets(args))
         print(f"{verb}: {count} row{'s' if count != 1 else ''}")
@@ -153,7 +115,7 @@ def _admin(verb: str, method: str) -> Handler:
     return handler
 
 
-@_with_store
+@with_store
 def cmd_flush(args: argparse.Namespace, config: Config, store: Store) -> int:
     count = store.flush()
     running = poke(config.runner.run_dir)
@@ -162,52 +124,30 @@ def cmd_flush(args: argparse.Namespace, config: Config, store: Store) -> int:
     return 0
 
 
-def cmd_db(args: argparse.Namespace, config: Config) -> int:
-    store = open_store(config.database.url, config.base_dir, config.database.busy_timeout)
-    try:
-        before, after = store.upgrade()
-    finally:
-        store.close()
-    print(f"schema version {after}" + ("" if before == after else f" (was {before})"))
-    return 0
-
-
-def cmd_config(args: argparse.Namespace, config: Config) -> int:
-    print(config_mod.render_defaults() if args.defaults else config_mod.render_effective(config),
-          end="")
-    return 0
-
-
-@_with_store
+@with_store
 def cmd_log(args: argparse.Namespace, config: Config, store: Store) -> int:
     rows = store.deliveries(recipient=args.to, limit=args.limit)
-    _print_table(("time", "id", "to", "status", "dsn", "relay", "delay", "reply"),
-                 [(_when(r["at"]), r["notify_id"], r["recipient"], r["status"], r["dsn"],
+    print_table(("time", "id", "to", "status", "dsn", "relay", "delay", "reply"),
+                 [(when(r["at"]), r["notify_id"], r["recipient"], r["status"], r["dsn"],
                    r["relay"], f"{r['delay']:.1f}", (r["reply"] or "")[:80])
                   for r in reversed(rows)])
     return 0
 
 
-@_with_store
+@with_store
 def cmd_suppression(args: argparse.Namespace, config: Config, store: Store) -> int:
     if args.action == "remove":
+        if not args.address:
+            raise SpooldError("suppression remove: name the address")
         if not store.unsuppress(args.address):
             raise SpooldError(f"{args.address} is not suppressed")
         print(f"{args.address}: no longer suppressed")
         return 0
-    _print_table(("address", "reason", "dsn", "since", "reply"),
-                 [(r["address"], r["reason"], r["dsn"], _when(r["created_at"]),
+    print_table(("address", "reason", "dsn", "since", "reply"),
+                 [(r["address"], r["reason"], r["dsn"], when(r["created_at"]),
                    (r["reply"] or "")[:80]) for r in store.suppressions()])
     return 0
 
-
-def cmd_demo(args: argparse.Namespace, config: Config) -> int:
-    from spoold.demo import run_demo
-
-    return run_demo(messages=args.messages, domains=args.domains)
-
-
-# -- parser -------------------------------------------------------------------
 
 def _add_targets(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("ids", nargs="*", type=int, metavar="ID", help="queue ids")
@@ -215,16 +155,7 @@ def _add_targets(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--domain", help="every row for this recipient domain")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="spoold", description="Mail spooler daemon.")
-    parser.add_argument("--config", help="settings file (default: $SPOOLD_CONFIG or "
-                                         f"{config_mod.DEFAULT_PATH})")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    p = sub.add_parser("run", help="run the queue runner daemon")
-    p.add_argument("--drain", action="store_true", help="deliver what is due, then exit")
-    p.set_defaults(handler=cmd_run)
-
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("enqueue", help="queue a message")
     p.add_argument("file", nargs="?", help="RFC 5322 message file (default: stdin)")
     p.add_argument("-f", dest="sender", help="envelope sender (default: the From address)")
@@ -256,16 +187,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("flush", help="make every deferred row due now")
     p.set_defaults(handler=cmd_flush)
 
-    p = sub.add_parser("db", help="database schema")
-    p.add_argument("action", choices=("upgrade",))
-    p.set_defaults(handler=cmd_db)
-
-    p = sub.add_parser("config", help="print the settings")
-    group = p.add_mutually_exclusive_group()
-    group.add_argument("--show", action="store_true", help="the effective settings (default)")
-    group.add_argument("--defaults", action="store_true", help="the documented defaults")
-    p.set_defaults(handler=cmd_config)
-
     p = sub.add_parser("log", help="recent delivery attempts")
     p.add_argument("--to", help="only this recipient")
     p.add_argument("--limit", type=int, default=50)
@@ -275,34 +196,3 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=("list", "remove"))
     p.add_argument("address", nargs="?")
     p.set_defaults(handler=cmd_suppression)
-
-    p = sub.add_parser("demo", help="deliver mail to a fake internet on loopback")
-    p.add_argument("--messages", type=int, default=1000)
-    p.add_argument("--domains", type=int, default=20)
-    p.set_defaults(handler=cmd_demo)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        config = config_mod.load(args.config)
-        configure_log(config.log.format, config.log.level)
-        if args.command == "suppression" and args.action == "remove" and not args.address:
-            raise SpooldError("suppression remove: name the address")
-        return args.handler(args, config)
-    except SpooldError as exc:
-        print(f"spoold: {exc}", file=sys.stderr)
-        return exc.exit_status
-    except KeyboardInterrupt:
-        return 130
-    except Exception as exc:
-        if os.environ.get("SPOOLD_DEBUG"):
-            traceback.print_exc()
-        print(f"spoold: internal error: {type(exc).__name__}: {exc} "
-              "(SPOOLD_DEBUG=1 shows the traceback)", file=sys.stderr)
-        return 70
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,13 @@
+"""``Store``: every query spoold makes, one mixin per concern over a backend.
+
+Add a concern as a mixin module beside this one and list it here; backends
+(sqlite.py, mysql.py) subclass ``Store``.
+"""
+
+from __future__ import annotations
+
+from spoold.store.admin import AdminOps
+
+
+class Store(AdminOps):
+    """Queue, log, suppression and operator operations over one database connection."""

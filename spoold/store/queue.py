@@ -1,0 +1,211 @@
+"""The queue's life: enqueue, claim under a lease, record outcomes, recover.
+
+The rules the queue relies on live here:
+- a claim marks due rows ``active`` under an owner and a lease expiry in the
+  same transaction that selects them (no window in which two runners can take
+  one row);
+- a final outcome (sent, bounced, expired, deleted) inserts its delivery row
+  and deletes the queue row in one transaction, in batches (``record``);
+- rows whose lease ran out come back as ``queued`` (``recover_expired``).
+Runners also keep a heartbeat row here, for ``spoold status``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+from collections.abc import Iterable, Sequence
+
+from spoold.store.base import (_ROW_COLUMNS, FINAL, PRIORITIES, Attempt, Backend, QueueRow,
+                               _chunks, _marks)
+
+
+class QueueOps(Backend):
+    """Enqueue, claim, record and recover: the queue rows' life."""
+
+    # -- enqueue --------------------------------------------------------------
+
+    def _suppressed(self, cur: Any, addresses: Sequence[str]) -> set[str]:
+        found: set[str] = set()
+        for chunk in _chunks(list(addresses)):
+            rows = self.execute(cur, f"SELECT address FROM suppression WHERE address IN "
+                                     f"({_marks(chunk)})", [a.lower() for a in chunk])
+            found.update(r[0] for r in rows.fetchall())
+        return {a for a in addresses if a.lower() in found}
+
+    def suppressed(self, addresses: Sequence[str]) -> set[str]:
+        with self.transaction() as cur:
+            return self._suppressed(cur, addresses)
+
+    def enqueue(self, sender: str, body: bytes, recipients: Sequence[tuple[str, str]],
+                priority: int, expires_at: float,
+                not_before: float | None = None) -> tuple[list[int], set[str]]:
+        """Store one message and one queue row per unsuppressed (recipient, domain).
+
+        Returns the new row ids and the recipients skipped as suppressed; the
+        check and the inserts share one transaction.  No message is stored
+        when every recipient is suppressed.
+        """
+        now = time.time()
+        due = now if not_before is None else not_before
+        with self.transaction() as cur:
+            skipped = self._suppressed(cur, [r for r, _ in recipients])
+            wanted = [(r, d) for r, d in recipients if r not in skipped]
+            if not wanted:
+                return [], skipped
+            self.execute(cur, "INSERT INTO message (sender, body, size, created_at) "
+                              "VALUES (?, ?, ?, ?)", (sender, body, len(body), now))
+            message_id = self.last_id(cur)
+            ids = []
+            for recipient, domain in wanted:
+                self.execute(cur, "INSERT INTO notify (message_id, sender, recipient, domain, "
+                                  "priority, state, attempts, created_at, not_before, expires_at) "
+                                  "VALUES (?, ?, ?, ?, ?, 'queued', 0, ?, ?, ?)",
+                             (message_id, sender, recipient, domain, priority, now, due,
+                              expires_at))
+                ids.append(self.last_id(cur))
+        return ids, skipped
+
+    # -- the runner's side ---------------------------------------------------
+
+    def claim(self, owner: str, limit: int, lease_until: float,
+              now: float | None = None) -> list[QueueRow]:
+        """Take up to ``limit`` due rows, highest priority first, under a lease."""
+        now = time.time() if now is None else now
+        claimed: list[QueueRow] = []
+        with self.transaction() as cur:
+            for priority in sorted(PRIORITIES.values()):
+                want = limit - len(claimed)
+                if want <= 0:
+                    break
+                rows = self.execute(
+                    cur, f"SELECT {_ROW_COLUMNS} FROM notify WHERE state = 'queued' AND "
+                         f"priority = ? AND not_before <= ? ORDER BY not_before LIMIT ?"
+                         f"{self.claim_lock}", (priority, now, want)).fetchall()
+                claimed.extend(QueueRow(*row) for row in rows)
+            for chunk in _chunks([r.id for r in claimed]):
+                self.execute(cur, f"UPDATE notify SET state = 'active', lease_owner = ?, "
+                                  f"lease_until = ? WHERE id IN ({_marks(chunk)})",
+                             [owner, lease_until, *chunk])
+        return claimed
+
+    def bodies(self, message_ids: Iterable[int]) -> dict[int, bytes]:
+        wanted = sorted(set(message_ids))
+        out: dict[int, bytes] = {}
+        with self.transaction() as cur:
+            for chunk in _chunks(wanted):
+                rows = self.execute(cur, f"SELECT id, body FROM message WHERE id IN "
+                                         f"({_marks(chunk)})", chunk)
+                out.update((mid, bytes(body)) for mid, body in rows.fetchall())
+        return out
+
+    def record(self, attempts: Sequence[Attempt], owner: str, now: float | None = None) -> None:
+        """Log a batch of attempts and apply each outcome to its queue row, atomically."""
+        if not attempts:
+            return
+        now = time.time() if now is None else now
+        with self.transaction() as cur:
+            self._log(cur, attempts, now)
+            final = [a.row.id for a in attempts if a.status in FINAL]
+            for chunk in _chunks(final):
+                self.execute(cur, f"DELETE FROM notify WHERE id IN ({_marks(chunk)}) "
+                                  f"AND lease_owner = ?", [*chunk, owner])
+            deferred = [a for a in attempts if a.status == "deferred"]
+            self.executemany(cur, "UPDATE notify SET state = 'queued', attempts = attempts + 1, "
+                                  "not_before = ?, last_code = ?, last_dsn = ?, last_reply = ?, "
+                                  "lease_owner = NULL, lease_until = NULL "
+                                  "WHERE id = ? AND lease_owner = ?",
+                             [(a.not_before, a.code, a.dsn, a.reply, a.row.id, owner)
+                              for a in deferred])
+            self._suppress(cur, [a for a in attempts if a.suppress], now)
+            self._drop_orphan_messages(cur, {a.row.message_id for a in attempts
+                                             if a.status in FINAL})
+
+    def _log(self, cur: Any, attempts: Sequence[Attempt], now: float) -> None:
+        self.executemany(cur, "INSERT INTO delivery (notify_id, message_id, sender, recipient, "
+                              "domain, status, code, dsn, reply, relay, delay, attempt, at) "
+                              "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                         [(a.row.id, a.row.message_id, a.row.sender, a.row.recipient,
+                           a.row.domain, a.status, a.code, a.dsn, a.reply, a.relay,
+                           max(0.0, now - a.row.created_at), a.row.attempts + 1, now)
+                          for a in attempts])
+
+    def _suppress(self, cur: Any, attempts: Sequence[Attempt], now: float) -> None:
+        self.executemany(cur, f"{self.insert_ignore} INTO suppression "
+                              "(address, reason, dsn, reply, created_at) VALUES (?, ?, ?, ?, ?)",
+                         [(a.row.recipient.lower(), "bounce", a.dsn, a.reply, now)
+                          for a in attempts])
+
+    def _drop_orphan_messages(self, cur: Any, message_ids: set[int]) -> None:
+        for chunk in _chunks(sorted(message_ids)):
+            referenced = {r[0] for r in self.execute(
+                cur, f"SELECT DISTINCT message_id FROM notify WHERE message_id IN "
+                     f"({_marks(chunk)})", chunk).fetchall()}
+            orphans = [m for m in chunk if m not in referenced]
+            if orphans:
+                self.execute(cur, f"DELETE FROM message WHERE id IN ({_marks(orphans)})", orphans)
+
+    def release(self, owner: str, ids: Sequence[int]) -> None:
+        """Give claimed rows back untouched (not attempted, no log entry)."""
+        with self.transaction() as cur:
+            for chunk in _chunks(list(ids)):
+                self.execute(cur, f"UPDATE notify SET state = 'queued', lease_owner = NULL, "
+                                  f"lease_until = NULL WHERE id IN ({_marks(chunk)}) "
+                                  f"AND lease_owner = ? AND state = 'active'", [*chunk, owner])
+
+    def release_owner(self, owner: str) -> int:
+        """Give back every row still leased to ``owner`` (a previous life of this runner)."""
+        with self.transaction() as cur:
+            return self.execute(cur, "UPDATE notify SET state = 'queued', lease_owner = NULL, "
+                                     "lease_until = NULL WHERE lease_owner = ? AND "
+                                     "state = 'active'", (owner,)).rowcount
+
+    def renew(self, owner: str, lease_until: float) -> None:
+        with self.transaction() as cur:
+            self.execute(cur, "UPDATE notify SET lease_until = ? WHERE lease_owner = ? "
+                              "AND state = 'active'", (lease_until, owner))
+
+    def recover_expired(self, now: float | None = None) -> int:
+        """Return rows whose lease ran out (their runner died) to the queue."""
+        now = time.time() if now is None else now
+        with self.transaction() as cur:
+            return self.execute(cur, "UPDATE notify SET state = 'queued', lease_owner = NULL, "
+                                     "lease_until = NULL WHERE state = 'active' AND "
+                                     "lease_until < ?", (now,)).rowcount
+
+    def next_due(self) -> float | None:
+        """When the earliest queued row becomes due, or None if none is queued."""
+        with self.transaction() as cur:
+            times = [self.execute(cur, "SELECT MIN(not_before) FROM notify WHERE state = "
+                                       "'queued' AND priority = ?", (p,)).fetchone()[0]
+                     for p in PRIORITIES.values()]
+        times = [t for t in times if t is not None]
+        return min(times) if times else None
+
+    # -- runners --------------------------------------------------------------
+
+    def heartbeat(self, owner: str, host: str, pid: int, started_at: float,
+                  children: int, max_children: int) -> None:
+        now = time.time()
+        with self.transaction() as cur:
+            if self.execute(cur, "UPDATE runner SET host = ?, pid = ?, started_at = ?, "
+                                 "heartbeat_at = ?, children = ?, max_children = ? "
+                                 "WHERE owner = ?",
+                            (host, pid, started_at, now, children, max_children,
+                             owner)).rowcount == 0:
+                self.execute(cur, "INSERT INTO runner (owner, host, pid, started_at, "
+                                  "heartbeat_at, children, max_children) "
+                                  "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                             (owner, host, pid, started_at, now, children, max_children))
+
+    def forget_runner(self, owner: str) -> None:
+        with self.transaction() as cur:
+            self.execute(cur, "DELETE FROM runner WHERE owner = ?", (owner,))
+
+    def runners(self) -> list[dict[str, Any]]:
+        with self.transaction() as cur:
+            rows = self.execute(cur, "SELECT owner, host, pid, started_at, heartbeat_at, "
+                                     "children, max_children FROM runner ORDER BY owner")
+            names = ("owner", "host", "pid", "started_at", "heartbeat_at", "children",
+                     "max_children")
+            return [dict(zip(names, row)) for row in rows.fetchall()]
