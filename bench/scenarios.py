@@ -27,6 +27,7 @@ from typing import Any, Protocol
 
 from bench import net
 from bench.postfix import Postfix
+from bench.inject import SENDER
 from bench.procs import Procs, children_pss_mb, peak_rss_mb
 from bench.spool import Spoold
 from spoold import config as config_mod
@@ -232,7 +233,7 @@ def pickup(setting: Setting, tries: int = 200) -> Results:
     message = (f"From: <bench@postfix.bench.test>\nTo: <user@{setting.domains[0]}>\n"
                "Subject: latency\n\nhello\n").encode()
     submit = {
-        "spoold": lambda address: enqueue(sender="bench@spoold.bench.test",
+        "spoold": lambda address: enqueue(sender=SENDER,
                                           recipients=[address], subject="latency",
                                           body="hello\n", config=config, store=store),
         "postfix": lambda address: postfix.sendmail(address, message),
@@ -308,22 +309,30 @@ def growth(setting: Setting, due: int = 10_000, backlogs: tuple[int, ...] = (0, 
 
 
 def _fill(config: config_mod.Config, path: Path, due: list[str], backlog: int) -> None:
-    """Queue rows straight into SQLite: ``due`` now, ``backlog`` a day from now."""
-    store = store_for(config)
-    store.enqueue("bench@spoold.bench.test", b"Subject: growth\r\n\r\nhello\r\n",
-                  [(address, address.split("@")[1]) for address in due],
-                  PRIORITIES["normal"], time.time() + 86400)
-    store.close()
-    if not backlog:
-        return
+    """Queue rows straight into SQLite: ``due`` now, ``backlog`` a day from now.
+
+    Each due row has a message of its own, as in the throughput scenario: the
+    sinks count messages, and rows sharing one would travel as one.
+    """
+    store_for(config).close()  # the schema
+    now = time.time()
+    body = b"Subject: growth\r\n\r\nhello\r\n"
     with sqlite3.connect(path) as db:
+        db.executemany("INSERT INTO message (id, sender, body, size, created_at) "
+                       "VALUES (?, ?, ?, ?, ?)",
+                       [(i + 1, SENDER, body, len(body), now) for i in range(len(due))])
+        db.executemany("INSERT INTO notify (message_id, sender, recipient, domain, priority, "
+                       "state, attempts, created_at, not_before, expires_at) "
+                       "VALUES (?, ?, ?, ?, ?, 'queued', 0, ?, ?, ?)",
+                       [(i + 1, SENDER, address, address.split("@")[1], PRIORITIES["normal"],
+                         now, now, now + 86400) for i, address in enumerate(due)])
         db.execute("""
             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?)
             INSERT INTO notify (message_id, sender, recipient, domain, priority, state,
                                 attempts, created_at, not_before, expires_at)
-            SELECT 1, 'bench@spoold.bench.test', 'later' || i || '@later.bench.test',
+            SELECT 1, ?, 'later' || i || '@later.bench.test',
                    'later.bench.test', 1, 'queued', 0, unixepoch(), unixepoch() + 86400,
-                   unixepoch() + 5 * 86400 FROM n""", (backlog,))
+                   unixepoch() + 5 * 86400 FROM n""", (backlog, SENDER))
 
 
 def _claim_cost(config: config_mod.Config, due: int) -> float:

@@ -16,12 +16,15 @@ DESCRIPTION
     RCPT TO and DATA per message (pipelined where the server offers it),
     RSET only after a transaction left open.  The last clean connection
     stays open for connection_cache_time seconds, for the next job to the
-    same host, then QUIT (Postfix's connection cache).  It writes
-    one result line per recipient as soon as its outcome is final -- sent,
+    same endpoint, then QUIT (Postfix's connection cache).  It writes one
+    result line per recipient as soon as its outcome is final -- sent,
     bounced, or deferred once every MX host has been tried -- and then
-    {"done": <job>}.  Every line is flushed at once: the runner records
-    results as they come.  What counts as sent, deferred or bounced is
-    decided in one place, sender.trouble.
+    {"done": <job>, ...} with the route it looked up and the endpoint of the
+    connection it keeps (sender.protocol).  A job that brings its targets
+    (a route an earlier job found, still fresh) needs no DNS lookup.  Every
+    line is flushed at once: the runner records results as they come.
+    What counts as sent, deferred or bounced is decided in one place,
+    sender.trouble.
 
     The child holds no database connection and imports nothing of spoold:
     everything a job needs is on its line.  It serves jobs until EOF on
@@ -89,7 +92,7 @@ import traceback
 from typing import BinaryIO
 
 from sender import protocol, trouble
-from sender.protocol import Job, ProtocolError, Result, SenderConfig
+from sender.protocol import Done, Job, ProtocolError, Result, SenderConfig
 
 EX_CONFIG = 78
 
@@ -178,8 +181,7 @@ class _Child:
         except ProtocolError as exc:
             self._refuse(line, str(exc))
             return
-        self._deliver(job)
-        self.output.line(protocol.encode_done(job.job))
+        self.output.line(protocol.encode_done(self._deliver(job)))
 
     def _refuse(self, line: bytes, reason: str) -> None:
         self.output.line(protocol.encode_error(reason))
@@ -188,9 +190,9 @@ class _Child:
             return
         for recipient_id in recipient_ids:
             self.output.result(_deferred(recipient_id, f"malformed job line: {reason}"))
-        self.output.line(protocol.encode_done(job_id))
+        self.output.line(protocol.encode_done(Done(job_id)))
 
-    def _deliver(self, job: Job) -> None:
+    def _deliver(self, job: Job) -> Done:
         answered: set[int] = set()
 
         def emit(result: Result) -> None:
@@ -205,7 +207,7 @@ class _Child:
             if self._resolver is None:
                 self._resolver = mx.MxResolver(self.config)
                 self._sessions = client.SessionCache(self.config)
-            client.deliver(job, self.config, self._resolver, emit, self._sessions)
+            return client.deliver(job, self.config, self._resolver, emit, self._sessions)
         except Exception as exc:
             traceback.print_exc(file=sys.stderr)
             text = f"delivery agent error: {type(exc).__name__}: {exc}"
@@ -214,6 +216,7 @@ class _Child:
                     if recipient.id not in answered:
                         answered.add(recipient.id)
                         self.output.result(_deferred(recipient.id, text))
+            return Done(job.job)
 
     def wait_limit(self) -> float | None:
         """How long to wait for the next job before the kept connection must close."""

@@ -1,12 +1,14 @@
 """SMTP client of the sender child: deliver one job, one connection per MX host.
 
-deliver() is a job's whole delivery.  It asks sender.mx for the targets and
-walks them in order, opening one connection to each and reusing it for every
-message of the job (RSET only after a transaction left open).  A clean
-connection outlives the job in the child's SessionCache for a moment, so
-that the next job to the same host skips connect, greeting and EHLO
-(Postfix's connection cache); a cached connection the server has dropped
-meanwhile is replaced before any recipient is touched.  A recipient ends as soon as a
+deliver() is a job's whole delivery.  It takes the targets the job brings,
+or asks sender.mx for them, and walks them in order, opening one
+connection to each and reusing it for every message of the job (RSET only
+after a transaction left open).  A clean connection outlives the job in the
+child's SessionCache for a moment, so that the next job to the same
+endpoint -- the same domain, or another whose MX of first preference has
+that address -- skips connect, greeting and EHLO (Postfix's connection
+cache, which also reuses by endpoint); a cached connection the server has
+dropped meanwhile is replaced before any recipient is touched.  A recipient ends as soon as a
 server gives a final answer -- 2xx sent, 5xx bounced -- and its result is
 emitted at once; a 4xx or a network failure leaves it pending for the next
 MX host, and whatever is still pending when the hosts run out is deferred
@@ -33,8 +35,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sender import trouble
-from sender.mx import DnsError, MxResolver, Target
-from sender.protocol import Job, Message, Recipient, Result, SenderConfig
+from sender.mx import DnsError, MxResolver
+from sender.protocol import Done, Job, Message, Recipient, Result, SenderConfig, Target
 
 # Data is sent in pieces so that data_block_timeout bounds each TCP send, not
 # the whole message (RFC 5321 4.5.3.2.5; sendall's timeout covers the total).
@@ -153,11 +155,11 @@ class _Ledger:
 class SessionCache:
     """The one connection a child keeps open between jobs, and when it must close.
 
-    Jobs for a destination go to the child that served it last (the
-    runner's choice), so one kept connection is what they can use; it is
-    closed once idle for ``connection_cache_time`` or older than
+    Jobs for a destination go to a child that served it, or its endpoint,
+    last (the runner's choice), so one kept connection is what they can
+    use; it is closed once idle for ``connection_cache_time`` or older than
     ``connection_reuse_time``, and as soon as the child works for another
-    host, so that a destination never holds more connections than the
+    endpoint, so that a destination never holds more connections than the
     runner lets children work for it at once (destination_concurrency).
     """
 
@@ -166,14 +168,38 @@ class SessionCache:
         self._session: Session | None = None
         self._idle_since = 0.0
 
+    def prefer(self, targets: list[Target]) -> list[Target]:
+        """``targets`` with the kept connection's endpoint first, where MX order allows.
+
+        Only among the targets of the best preference: a kept connection to
+        a backup MX must not jump the queue (RFC 5321 5.1).
+        """
+        self.expire()
+        if self._session is None or not targets:
+            return targets
+        address = self._session.target.address
+        best = targets[0].preference
+        for index, target in enumerate(targets):
+            if target.preference != best:
+                break
+            if target.address == address:
+                return [target, *targets[:index], *targets[index + 1:]]
+        return targets
+
     def take(self, target: Target) -> Session | None:
-        """The kept connection if it goes to ``target``; one to another host is closed."""
+        """The kept connection if it goes to ``target``'s endpoint; another is closed."""
         self.expire()
         session, self._session = self._session, None
-        if session is not None and session.target != target:
+        if session is not None and session.target.address != target.address:
             session.goodbye()
             return None
         return session
+
+    def endpoint(self) -> str | None:
+        """"address:port" of the kept connection, if there is one."""
+        if self._session is None:
+            return None
+        return f"{self._session.target.address}:{self._session.config.port}"
 
     def keep(self, session: Session) -> None:
         if self.config.connection_cache_time <= 0:
@@ -201,24 +227,32 @@ class SessionCache:
 
 
 def deliver(job: Job, config: SenderConfig, resolver: MxResolver,
-            emit: Callable[[Result], None], cache: SessionCache) -> None:
+            emit: Callable[[Result], None], cache: SessionCache) -> Done:
     """Deliver every message of ``job``, calling ``emit`` once per recipient.
 
     Results come as soon as they are final; deferrals come last, once every
     MX host has been tried.  ``duration`` is the time from the start of the
-    job (DNS lookup included) to the recipient's outcome.
+    job (DNS lookup included) to the recipient's outcome.  The returned Done
+    carries the route if this job looked it up, and the kept endpoint.
     """
     ledger = _Ledger(job, emit)
-    try:
-        targets = resolver.targets(job.domain)
-    except DnsError as exc:
-        targets = []
-        ledger.host_failed(ledger.outgoing, Reply(exc.dsn, exc.text, relay="none"))
-    for target in targets:
+    done = Done(job.job)
+    targets = job.targets
+    if not targets:
+        try:
+            route = resolver.route(job.domain)
+        except DnsError as exc:
+            targets = []
+            ledger.host_failed(ledger.outgoing, Reply(exc.dsn, exc.text, relay="none"))
+        else:
+            targets, done.targets, done.ttl = route.targets, route.targets, route.ttl
+    for target in cache.prefer(targets):
         if not ledger.has_pending():
             break
         _try_host(target, config, ledger, cache)
     ledger.give_up()
+    done.kept = cache.endpoint()
+    return done
 
 
 def _try_host(target: Target, config: SenderConfig, ledger: _Ledger,

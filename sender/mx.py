@@ -1,6 +1,6 @@
 """MX resolution: the ordered list of addresses to try for one domain.
 
-MxResolver.targets() applies RFC 5321 section 5.1 and RFC 7505 with
+MxResolver.route() applies RFC 5321 section 5.1 and RFC 7505 with
 dnspython: MX hosts by preference, shuffled among equal preference, at most
 ``mx_limit`` of them, each resolved to its A then AAAA addresses; no MX
 records means the domain itself is the one host (implicit MX); a null MX
@@ -12,7 +12,10 @@ The resolver is built from SenderConfig only (``Resolver(configure=False)``,
 ``search=False`` on every query), so tests and the demo can point it at a
 name server on loopback.  A child serves many jobs, so answers are cached
 for at most CACHE_TTL seconds: long enough for the jobs of one burst to one
-domain, short enough that a changed MX is seen within a minute.
+domain, short enough that a changed MX is seen within a minute.  A route
+says how long it stays valid (the shortest TTL of the answers it came
+from), so that the runner can hand it to later jobs for the domain in other
+children (sender.protocol, "targets").
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import dns.rdatatype
 import dns.resolver
 
 from sender import trouble
-from sender.protocol import SenderConfig
+from sender.protocol import SenderConfig, Target
 
 CACHE_TTL = 60.0
 RESOLV_CONF = "/etc/resolv.conf"
@@ -50,12 +53,12 @@ class DnsPermanentError(DnsError):
     """NXDOMAIN, null MX, no address anywhere: the mail cannot be delivered."""
 
 
-@dataclass(frozen=True)
-class Target:
-    """One address of one MX host, in the order it should be tried."""
+@dataclass
+class Route:
+    """Where a domain's mail goes, and for how many seconds that holds."""
 
-    host: str
-    address: str
+    targets: list[Target]
+    ttl: float
 
 
 def _not_found(name: str, rdtype: str) -> str:
@@ -76,9 +79,10 @@ class MxResolver:
         self._resolver.lifetime = config.dns_timeout
         self._mx_limit = max(1, config.mx_limit)
         self._cache: dict[tuple[str, str], tuple[float, list]] = {}
+        self._valid_until = 0.0  # of the route being resolved: its earliest expiry
 
-    def targets(self, domain: str) -> list[Target]:
-        """Addresses to try for ``domain``, best first; never empty.
+    def route(self, domain: str) -> Route:
+        """Addresses to try for ``domain``, best first (never none), and their TTL.
 
         :raises DnsTemporaryError: a lookup that decides the outcome timed
             out or failed (dsn 4.4.3).
@@ -87,17 +91,23 @@ class MxResolver:
             has an address (5.4.4).
         """
         _check_name(domain)
-        self._forget_expired()
+        now = time.monotonic()
+        self._forget_expired(now)
+        self._valid_until = now + CACHE_TTL
         records = self._lookup(domain, "MX")
         if not records:
-            return self._addresses([domain], domain, dns_no_address=trouble.DNS_NO_DOMAIN)
-        if len(records) == 1 and records[0].exchange == dns.name.root:
+            targets = self._addresses([(0, domain)], domain,
+                                      dns_no_address=trouble.DNS_NO_DOMAIN)
+        elif len(records) == 1 and records[0].exchange == dns.name.root:
             raise DnsPermanentError(
                 trouble.DNS_NULL_MX, f"Domain {domain} does not accept mail (nullMX)")
-        hosts = _by_preference(records)[:self._mx_limit]
-        return self._addresses(hosts, domain, dns_no_address=trouble.DNS_NO_MX_HOST)
+        else:
+            hosts = _by_preference(records)[:self._mx_limit]
+            targets = self._addresses(hosts, domain, dns_no_address=trouble.DNS_NO_MX_HOST)
+        return Route(targets, max(0.0, self._valid_until - now))
 
-    def _addresses(self, hosts: list[str], domain: str, dns_no_address: str) -> list[Target]:
+    def _addresses(self, hosts: list[tuple[int, str]], domain: str,
+                   dns_no_address: str) -> list[Target]:
         """Targets for ``hosts`` in order, skipping hosts that have none.
 
         A host whose lookup failed only temporarily might have had the
@@ -106,9 +116,10 @@ class MxResolver:
         """
         targets: list[Target] = []
         temporary: DnsTemporaryError | None = None
-        for host in hosts:
+        for preference, host in hosts:
             try:
-                targets += [Target(host, address) for address in self._host_addresses(host)]
+                targets += [Target(host, address, preference)
+                            for address in self._host_addresses(host)]
             except DnsTemporaryError as exc:
                 temporary = exc
             except DnsPermanentError:
@@ -117,7 +128,8 @@ class MxResolver:
             return targets
         if temporary is not None:
             raise temporary
-        names = domain if hosts == [domain] else f"the MX hosts of {domain} ({', '.join(hosts)})"
+        names = (domain if hosts == [(0, domain)] else
+                 f"the MX hosts of {domain} ({', '.join(host for _, host in hosts)})")
         raise DnsPermanentError(
             dns_no_address, f"Host or domain name not found: no A or AAAA record for {names}")
 
@@ -140,6 +152,7 @@ class MxResolver:
         key = (name, rdtype)
         cached = self._cache.get(key)
         if cached is not None:
+            self._valid_until = min(self._valid_until, cached[0])
             return cached[1]
         try:
             answer = self._resolver.resolve(name, rdtype, search=False, raise_on_no_answer=False)
@@ -150,11 +163,12 @@ class MxResolver:
                 trouble.DNS_TEMPORARY, f"{_not_found(name, rdtype)}, try again ({exc})") from None
         records = list(answer.rrset) if answer.rrset is not None else []
         ttl = min(answer.rrset.ttl, CACHE_TTL) if answer.rrset is not None else CACHE_TTL
-        self._cache[key] = (time.monotonic() + ttl, records)
+        expires = time.monotonic() + ttl
+        self._cache[key] = (expires, records)
+        self._valid_until = min(self._valid_until, expires)
         return records
 
-    def _forget_expired(self) -> None:
-        now = time.monotonic()
+    def _forget_expired(self, now: float) -> None:
         self._cache = {key: hit for key, hit in self._cache.items() if hit[0] > now}
 
 
@@ -167,12 +181,12 @@ def _check_name(domain: str) -> None:
             f"Host or domain name not found: malformed name {domain!r} ({exc})") from None
 
 
-def _by_preference(records: list) -> list[str]:
-    """MX host names, lowest preference first, equal preferences shuffled.
+def _by_preference(records: list) -> list[tuple[int, str]]:
+    """(preference, MX host name), lowest preference first, equal preferences shuffled.
 
     A null-MX record among real ones is ignored (RFC 7505 section 4.3).
     """
     shuffled = [r for r in records if r.exchange != dns.name.root]
     random.shuffle(shuffled)
     shuffled.sort(key=lambda r: r.preference)  # stable: the shuffle survives within a preference
-    return [r.exchange.to_text(omit_final_dot=True) for r in shuffled]
+    return [(r.preference, r.exchange.to_text(omit_final_dot=True)) for r in shuffled]

@@ -16,7 +16,12 @@ Runner -> child (stdin)
 
         {"job": 7, "domain": "example.org",
          "messages": [{"sender": "a@example.com", "data": "<base64 bytes>",
-                       "recipients": [{"id": 41, "to": "bob@example.org"}]}]}
+                       "recipients": [{"id": 41, "to": "bob@example.org"}]}],
+         "targets": [["mx.example.org", "192.0.2.7", 10]]}
+
+    ``targets`` (optional) is the domain's route as an earlier job found it,
+    still within its DNS TTL: MX host, address and preference in the order
+    to try them.  A child given targets skips the DNS lookup.
 
     EOF on stdin means "exit now": the child finishes nothing further.
 
@@ -31,7 +36,14 @@ Child -> runner (stdout)
     reply code or null when no server answered (DNS failure, connection
     refused); ``dsn`` is the RFC 3463 enhanced status code, the server's own
     when it sent one, else one derived from the failure.  After the last
-    result of a job the child writes ``{"done": 7}`` and reads the next job.
+    result of a job the child writes the done line and reads the next job::
+
+        {"done": 7, "targets": [["mx.example.org", "192.0.2.7", 10]], "ttl": 60,
+         "kept": "192.0.2.7:25"}
+
+    ``targets`` and ``ttl`` (seconds) are present when the child looked the
+    route up itself, for the runner to hand to later jobs; ``kept`` names the
+    endpoint of the connection the child keeps open for a next job, if any.
     A line the child cannot parse is answered with ``{"error": "..."}``;
     any id of that job it could read is then answered as deferred.
 
@@ -72,6 +84,15 @@ class SenderConfig:
     connection_reuse_time: float = 300.0
 
 
+@dataclass(frozen=True)
+class Target:
+    """One address of one MX host, in the order it should be tried."""
+
+    host: str
+    address: str
+    preference: int = 0
+
+
 @dataclass
 class Recipient:
     id: int
@@ -90,6 +111,17 @@ class Job:
     job: int
     domain: str
     messages: list[Message]
+    targets: list[Target] | None = None  # a route still fresh: no DNS lookup needed
+
+
+@dataclass
+class Done:
+    """The end of a job, with what the child learned that later jobs can use."""
+
+    job: int
+    targets: list[Target] | None = None  # the route it looked up, if it did
+    ttl: float = 0.0  # how long that route stays valid, in seconds
+    kept: str | None = None  # "address:port" of the connection it keeps open
 
 
 @dataclass
@@ -134,8 +166,21 @@ def decode_config(line: bytes) -> SenderConfig:
         raise ProtocolError(f"bad config line: {exc}") from None
 
 
+def _encode_targets(targets: list[Target]) -> list[list]:
+    return [[t.host, t.address, t.preference] for t in targets]
+
+
+def _decode_targets(value: object) -> list[Target] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        raise TypeError("targets is not a list")
+    return [Target(str(host), str(address), int(preference))
+            for host, address, preference in value]
+
+
 def encode_job(job: Job) -> bytes:
-    return _line({
+    obj = {
         "job": job.job,
         "domain": job.domain,
         "messages": [
@@ -146,7 +191,10 @@ def encode_job(job: Job) -> bytes:
             }
             for m in job.messages
         ],
-    })
+    }
+    if job.targets:
+        obj["targets"] = _encode_targets(job.targets)
+    return _line(obj)
 
 
 def decode_job(line: bytes) -> Job:
@@ -163,6 +211,7 @@ def decode_job(line: bytes) -> Job:
                 )
                 for m in obj["messages"]
             ],
+            targets=_decode_targets(obj.get("targets")),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ProtocolError(f"bad job line: {exc!r}") from None
@@ -172,21 +221,31 @@ def encode_result(result: Result) -> bytes:
     return _line(asdict(result))
 
 
-def encode_done(job_id: int) -> bytes:
-    return _line({"done": job_id})
+def encode_done(done: Done) -> bytes:
+    obj: dict = {"done": done.job}
+    if done.targets:
+        obj.update(targets=_encode_targets(done.targets), ttl=done.ttl)
+    if done.kept:
+        obj["kept"] = done.kept
+    return _line(obj)
 
 
 def encode_error(reason: str) -> bytes:
     return _line({"error": reason})
 
 
-def decode_reply(line: bytes) -> Result | int | str:
-    """Decode one child line: a Result, a finished job id (int) or an error (str)."""
+def decode_reply(line: bytes) -> Result | Done | str:
+    """Decode one child line: a Result, a Done or an error (str)."""
     obj = _load(line)
     if "done" in obj:
-        if not isinstance(obj["done"], int):
-            raise ProtocolError("bad done line")
-        return obj["done"]
+        try:
+            if not isinstance(obj["done"], int):
+                raise TypeError("job id is not an integer")
+            kept = obj.get("kept")
+            return Done(obj["done"], _decode_targets(obj.get("targets")),
+                        float(obj.get("ttl", 0.0)), None if kept is None else str(kept))
+        except (TypeError, ValueError) as exc:
+            raise ProtocolError(f"bad done line: {exc}") from None
     if "error" in obj:
         return str(obj["error"])
     try:

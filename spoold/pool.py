@@ -17,6 +17,7 @@ job, is the runner's decision (runner.py), not this module's.
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import sys
@@ -45,7 +46,8 @@ class Child:
     started_at: float
     uses: int = 0
     domain: str | None = None  # destination of the job in hand, None when idle
-    last_domain: str | None = None  # destination of its last job: its kept connection
+    last_domain: str | None = None  # destination of its last job
+    kept: str | None = None  # "address:port" of the connection it keeps open, if any
     pending: dict[int, QueueRow] = field(default_factory=dict)  # sent, not yet answered
     last_heard: float = 0.0
     retiring: bool = False  # serve no further job (max_use reached, config reloaded)
@@ -142,6 +144,7 @@ class Pool:
         self.children: dict[int, Child] = {}
         self._idle: dict[int, Child] = {}  # in the order they became idle
         self._warm: dict[str, dict[int, Child]] = {}  # idle ones by their last destination
+        self._near: dict[str, dict[int, Child]] = {}  # idle ones by their kept endpoint
         self._busy: dict[int, Child] = {}
 
     def __len__(self) -> int:
@@ -152,14 +155,20 @@ class Pool:
         from_child, child_out = os.pipe()
         for stream in (sys.stdout, sys.stderr):
             stream.flush()  # or the child would write the runner's buffered output again
+        # Frozen objects are skipped by the collector: a child's garbage
+        # collections then leave the runner's pages shared instead of
+        # writing to every object they scan (copy-on-write).
+        gc.freeze()
         try:
             pid = os.fork()
         except OSError:
+            gc.unfreeze()
             for fd in (child_in, to_child, from_child, child_out):
                 os.close(fd)
             raise
         if pid == 0:
             _become_sender(child_in, child_out)
+        gc.unfreeze()
         os.close(child_in)
         os.close(child_out)
         os.set_blocking(to_child, False)
@@ -170,21 +179,22 @@ class Pool:
         self.children[pid] = child
         return child
 
-    def idle(self, domain: str) -> Child | None:
-        """An idle child fit for a job to ``domain``.
+    def idle(self, domain: str, endpoints: list[str]) -> Child | None:
+        """An idle child fit for a job to ``domain``, whose MX are at ``endpoints``.
 
         The one that served ``domain`` last if there is one: its connection
-        to that host may still be open and its DNS answers are cached.
-        Otherwise the one idle the longest, whose kept connection is the
-        least likely to be wanted again.
+        to that host may still be open and its DNS answers are cached.  Else
+        one keeping a connection open to one of ``endpoints`` (the domain's
+        MX of first preference, "address:port").  Otherwise the one idle the
+        longest, whose kept connection is the least likely to be wanted again.
         """
         while True:
-            warm = self._warm.get(domain)
-            if warm:
-                child = warm[next(reversed(warm))]
-            elif self._idle:
+            child = _newest(self._warm.get(domain))
+            for endpoint in endpoints:
+                child = child or _newest(self._near.get(endpoint))
+            if child is None and self._idle:
                 child = next(iter(self._idle.values()))
-            else:
+            if child is None:
                 return None
             self._forget_idle(child)
             if not child.busy and not child.retiring and not child.closed:
@@ -192,11 +202,8 @@ class Pool:
 
     def _forget_idle(self, child: Child) -> None:
         self._idle.pop(child.pid, None)
-        warm = self._warm.get(child.last_domain or "")
-        if warm is not None:
-            warm.pop(child.pid, None)
-            if not warm:
-                del self._warm[child.last_domain or ""]
+        _discard(self._warm, child.last_domain, child)
+        _discard(self._near, child.kept, child)
 
     def busy(self) -> list[Child]:
         return list(self._busy.values())
@@ -216,6 +223,8 @@ class Pool:
         if not child.retiring and not child.closed:
             self._idle[child.pid] = child
             self._warm.setdefault(child.last_domain or "", {})[child.pid] = child
+            if child.kept:
+                self._near.setdefault(child.kept, {})[child.pid] = child
 
     def reap(self) -> list[tuple[Child, int]]:
         """Children that have exited since the last call, with their wait status."""
@@ -232,3 +241,16 @@ class Pool:
                 self._forget_idle(child)
                 gone.append((child, status))
         return gone
+
+
+def _newest(children: dict[int, Child] | None) -> Child | None:
+    """The child that joined ``children`` last (the most recently idle)."""
+    return children[next(reversed(children))] if children else None
+
+
+def _discard(index: dict[str, dict[int, Child]], key: str | None, child: Child) -> None:
+    group = index.get(key or "")
+    if group is not None:
+        group.pop(child.pid, None)
+        if not group:
+            del index[key or ""]

@@ -60,8 +60,8 @@ import socket
 import time
 from pathlib import Path
 
-from sender.protocol import (Job, Message, ProtocolError, Recipient, Result, SenderConfig,
-                             decode_reply, encode_job)
+from sender.protocol import (Done, Job, Message, ProtocolError, Recipient, Result,
+                             SenderConfig, Target, decode_reply, encode_job)
 from spoold import config as config_mod
 from spoold import outcome
 from spoold.config import Config
@@ -77,6 +77,7 @@ _FLUSH_BATCH = 256
 _HEARTBEAT = 5.0
 _RECOVER = 10.0
 _KILL_WAIT = 5.0
+_ROUTES = 10_000  # domains whose route the runner remembers (least recently used go)
 
 
 def sender_config(config: Config) -> SenderConfig:
@@ -105,6 +106,8 @@ class Runner:
         self.owner = owner_name(config.runner.run_dir)
         self.pool = Pool(sender_config(config))
         self.backlog: collections.OrderedDict[str, collections.deque[QueueRow]] = \
+            collections.OrderedDict()
+        self.routes: collections.OrderedDict[str, tuple[float, list[Target]]] = \
             collections.OrderedDict()
         self.bodies: dict[int, bytes] = {}
         self.body_refs: collections.Counter[int] = collections.Counter()
@@ -371,8 +374,29 @@ class Runner:
                 self._send_job(child, domain)
                 progress = True
 
+    def _route(self, domain: str) -> list[Target] | None:
+        """The domain's MX targets as a child last looked them up, while still valid."""
+        known = self.routes.get(domain)
+        if known is None:
+            return None
+        if known[0] <= time.monotonic():
+            del self.routes[domain]
+            return None
+        return known[1]
+
+    def _learn_route(self, domain: str, done: Done) -> None:
+        if done.targets:
+            self.routes[domain] = (time.monotonic() + done.ttl, done.targets)
+            self.routes.move_to_end(domain)
+            if len(self.routes) > _ROUTES:
+                self.routes.popitem(last=False)
+
     def _free_child(self, domain: str) -> Child | None:
-        child = self.pool.idle(domain)
+        targets = self._route(domain) or []
+        port = self.config.smtp.port
+        endpoints = [f"{t.address}:{port}" for t in targets
+                     if t.preference == targets[0].preference]
+        child = self.pool.idle(domain, endpoints)
         if child is not None or len(self.pool) >= self.config.runner.max_children:
             return child
         try:
@@ -399,7 +423,8 @@ class Runner:
             messages[row.message_id].recipients.append(Recipient(row.id, row.recipient))
             self._unref_body(row.message_id)
         self.job_ids += 1
-        child.outbuf += encode_job(Job(self.job_ids, domain, list(messages.values())))
+        child.outbuf += encode_job(Job(self.job_ids, domain, list(messages.values()),
+                                       self._route(domain)))
         self.pool.assign(child, domain)
         child.pending = {row.id: row for row in rows}
         child.last_heard = time.monotonic()
@@ -450,13 +475,17 @@ class Runner:
             runner = self.config.runner
             self._record(outcome.from_result(row, reply, time.time(), runner.backoff_min,
                                              runner.backoff_max))
-        elif isinstance(reply, int):
-            self._job_done(child)
+        elif isinstance(reply, Done):
+            if not child.busy:
+                raise ProtocolError(f"done line for job {reply.job}, but it had no job")
+            self._job_done(child, reply)
         else:
             self.log.warning("child_error", pid=child.pid, error=reply)
 
-    def _job_done(self, child: Child) -> None:
+    def _job_done(self, child: Child, done: Done) -> None:
         self._fail_pending(child, "delivery agent gave no result")
+        self._learn_route(child.domain, done)
+        child.kept = done.kept
         self.active[child.domain] -= 1
         child.uses += 1
         if child.uses >= self.config.runner.max_use or child.retiring or self.stopping:

@@ -336,3 +336,12 @@ def test_hung_child_is_killed_and_its_rows_retried(world, spool_factory):
     assert timed_out and all(d["status"] == "deferred" for d in timed_out)
     assert {d["recipient"] for d in _deliveries(spool) if d["status"] == "sent"} == \
         {f"u{i}@slow.test" for i in range(4)}
+
+
+def test_a_route_one_child_looked_up_serves_the_next_children(world, spool_factory):
+    world.add_domain("ok.test")
+    spool = spool_factory(runner={"max_use": 1, "job_size": 1, "max_children": 1})
+    _enqueue(spool, [f"u{i}@ok.test" for i in range(5)])
+    spool.drain()
+    assert len(world.all_messages()) == 5  # five jobs, five children, one after another
+    assert world.dns.queries[("ok.test", "MX")] == 1

@@ -37,7 +37,8 @@ from aiosmtpd.controller import Controller
 from sender import trouble
 from sender.client import crlf_lines, dot_stuff
 from sender.mx import DnsPermanentError, DnsTemporaryError, MxResolver
-from sender.protocol import (Job, Message, Recipient, SenderConfig, encode_config, encode_job)
+from sender.protocol import (Job, Message, Recipient, SenderConfig, Target, encode_config,
+                             encode_job)
 
 ROOT = Path(__file__).resolve().parent.parent
 DOMAIN = "example.test"
@@ -278,7 +279,7 @@ def deliver(config: SenderConfig, job: Job) -> dict[int, dict]:
     """Run one job; its results by recipient id (the done line checked)."""
     answers, proc = run_sender(config, job)
     assert proc.returncode == 0, proc.stderr.decode()
-    assert answers[-1] == {"done": job.job}, answers
+    assert answers[-1]["done"] == job.job, answers
     return {answer["id"]: answer for answer in answers[:-1]}
 
 
@@ -476,6 +477,55 @@ def test_next_job_to_the_same_host_reuses_the_connection(world):
     assert sink.connections == 1
 
 
+def test_done_line_gives_the_route_it_looked_up_and_the_kept_endpoint(world):
+    world.records(DOMAIN, MX=["10 mx1.example.test."])
+    world.host("mx1.example.test", 2)
+    world.sink(2)
+
+    answers, _ = run_sender(world.config(), make_job(b"x\r\n"))
+
+    done = answers[-1]
+    assert done["targets"] == [["mx1.example.test", world.ip(2), 10]]
+    assert 0 < done["ttl"] <= 60
+    assert done["kept"] == f"{world.ip(2)}:{world.port}"
+
+
+def test_job_that_brings_its_targets_is_delivered_without_a_dns_lookup(world):
+    world.sink(2)  # DOMAIN has no DNS records at all
+    job = make_job(b"x\r\n")
+    job.targets = [Target("mx1.example.test", world.ip(2), 10)]
+
+    answers, _ = run_sender(world.config(connection_cache_time=0), job)
+
+    assert answers[0]["status"] == "sent"
+    assert answers[-1] == {"done": 1}  # nothing looked up, nothing kept
+
+
+def test_kept_connection_serves_another_domain_whose_mx_has_its_address(world):
+    world.host(DOMAIN, 2)
+    world.host("other.test", 2)
+    server = world.raw(2)
+
+    answers, _ = run_sender(world.config(), make_job(b"first\r\n"),
+                            make_job(b"second\r\n", job_id=2, domain="other.test"))
+
+    assert [a.get("status") for a in answers] == ["sent", None, "sent", None]
+    assert (server.messages, server.connections) == (2, 1)
+
+
+def test_kept_connection_to_a_backup_mx_does_not_jump_the_mx_order(world):
+    world.records(DOMAIN, MX=["10 mx1.example.test.", "20 mx2.example.test."])
+    world.host("mx1.example.test", 2)
+    world.host("mx2.example.test", 3)
+    world.host("other.test", 3)
+    primary, backup = world.raw(2), world.raw(3)
+
+    run_sender(world.config(), make_job(b"first\r\n", domain="other.test"),
+               make_job(b"second\r\n", job_id=2))
+
+    assert (primary.messages, backup.messages) == (1, 1)
+
+
 def test_kept_connection_the_server_closed_is_replaced_without_a_deferral(world):
     world.host(DOMAIN, 2)
     server = world.raw(2, close_after_reply=True)
@@ -497,7 +547,7 @@ def test_kept_connection_is_closed_when_idle_for_the_cache_time(world):
                           + encode_job(make_job(b"first\r\n")))
         child.stdin.flush()
         assert json.loads(child.stdout.readline())["status"] == "sent"
-        assert json.loads(child.stdout.readline()) == {"done": 1}
+        assert json.loads(child.stdout.readline())["done"] == 1
         assert server.quits == 0  # kept open for a next job
         time.sleep(1.0)
         assert (server.quits, child.poll()) == (1, None)  # closed, though the child lives on
@@ -633,7 +683,7 @@ def test_garbage_line_is_answered_and_the_child_keeps_serving(world):
         proc.stdin.write(encode_job(make_job(b"x\r\n", job_id=2)))
         proc.stdin.flush()
         assert json.loads(proc.stdout.readline())["status"] == "sent"
-        assert json.loads(proc.stdout.readline()) == {"done": 2}
+        assert json.loads(proc.stdout.readline())["done"] == 2
         proc.stdin.close()
         assert proc.wait(timeout=10) == 0
     finally:
@@ -690,7 +740,7 @@ def test_malformed_job_with_readable_ids_is_deferred(world):
     assert proc.returncode == 0
     assert "error" in answers[0]
     assert (answers[1]["id"], answers[1]["status"], answers[1]["dsn"]) == (5, "deferred", "4.3.0")
-    assert answers[2] == {"done": 9}
+    assert answers[2] == {"done": 9}  # nothing learned from a job it could not read
 
 
 def test_unexpected_error_defers_the_job_and_the_child_goes_on(world):
@@ -705,9 +755,9 @@ def test_unexpected_error_defers_the_job_and_the_child_goes_on(world):
     assert [(a.get("id"), a.get("status"), a.get("dsn")) for a in answers[:2]] == [
         (1, "deferred", "4.3.0"), (2, "deferred", "4.3.0")]
     assert "UnicodeEncodeError" in answers[0]["reply"]
-    assert answers[2] == {"done": 1}
+    assert answers[2] == {"done": 1}  # a failed job teaches the runner nothing
     assert answers[3]["status"] == "sent"
-    assert answers[4] == {"done": 2}
+    assert answers[4]["done"] == 2
     assert b"Traceback" in proc.stderr
 
 
@@ -733,7 +783,7 @@ def test_resolver_shuffles_equal_preferences_and_limits_hosts(world):
         world.host(f"{host}.example.test", number)
     resolver = MxResolver(world.config(mx_limit=3))
 
-    orders = {tuple(t.host for t in resolver.targets(DOMAIN)) for _ in range(40)}
+    orders = {tuple(t.host for t in resolver.route(DOMAIN).targets) for _ in range(40)}
 
     assert orders == {("a.example.test", "b.example.test", "c.example.test"),
                       ("b.example.test", "a.example.test", "c.example.test")}
@@ -746,7 +796,7 @@ def test_resolver_uses_a_then_aaaa_and_skips_failing_hosts(world):
     world.records("v4only.example.test", A=[world.ip(3)])
     world.dns.servfail.add("nowhere.example.test")
 
-    targets = MxResolver(world.config()).targets(DOMAIN)
+    targets = MxResolver(world.config()).route(DOMAIN).targets
 
     assert [(t.host, t.address) for t in targets] == [("mx.example.test", world.ip(2)),
                                                       ("mx.example.test", "::1"),
@@ -765,7 +815,7 @@ def test_resolver_failures(world):
                                ("halfbroken.test", DnsTemporaryError, "4.4.3"),
                                ("bad..name.test", DnsPermanentError, "5.1.2")]:
         with pytest.raises(error) as caught:
-            resolver.targets(domain)
+            resolver.route(domain)
         assert caught.value.dsn == dsn, domain
 
 
