@@ -24,7 +24,7 @@ class AdminOps(QueueOps):
     def state_counts(self) -> dict[str, int]:
         counts = dict.fromkeys(STATES, 0)
         now = time.time()
-        with self.transaction() as cur:
+        with self.transaction(write=False) as cur:
             for state, n in self.execute(cur, "SELECT state, COUNT(*) FROM notify "
                                               "GROUP BY state").fetchall():
                 counts[state] = n
@@ -34,7 +34,7 @@ class AdminOps(QueueOps):
         return counts
 
     def delivery_counts(self, since: float) -> dict[str, int]:
-        with self.transaction() as cur:
+        with self.transaction(write=False) as cur:
             rows = self.execute(cur, "SELECT status, COUNT(*) FROM delivery WHERE at >= ? "
                                      "GROUP BY status", (since,)).fetchall()
         return dict(rows)
@@ -42,7 +42,7 @@ class AdminOps(QueueOps):
     def queue_rows(self, state: str | None = None, domain: str | None = None,
                    recipient: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
         where, params = self._filters(state=state, domain=domain, recipient=recipient)
-        with self.transaction() as cur:
+        with self.transaction(write=False) as cur:
             rows = self.execute(cur, "SELECT n.id, m.size, n.created_at, n.sender, n.recipient, "
                                      "n.state, n.attempts, n.not_before, n.last_reply, "
                                      "n.priority FROM notify n JOIN message m ON "
@@ -54,14 +54,14 @@ class AdminOps(QueueOps):
 
     def summary(self) -> list[tuple[str, str, int]]:
         """(domain, state, count) for the whole queue."""
-        with self.transaction() as cur:
+        with self.transaction(write=False) as cur:
             return [tuple(r) for r in self.execute(
                 cur, "SELECT domain, state, COUNT(*) FROM notify GROUP BY domain, state "
                      "ORDER BY domain, state").fetchall()]
 
     def deliveries(self, recipient: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         where, params = ("", []) if recipient is None else (" WHERE recipient = ?", [recipient])
-        with self.transaction() as cur:
+        with self.transaction(write=False) as cur:
             rows = self.execute(cur, "SELECT notify_id, recipient, status, code, dsn, reply, "
                                      f"relay, delay, attempt, at FROM delivery{where} "
                                      "ORDER BY id DESC LIMIT ?", [*params, limit]).fetchall()
@@ -150,7 +150,7 @@ class AdminOps(QueueOps):
     # -- suppression ----------------------------------------------------------
 
     def suppressions(self) -> list[dict[str, Any]]:
-        with self.transaction() as cur:
+        with self.transaction(write=False) as cur:
             rows = self.execute(cur, "SELECT address, reason, dsn, reply, created_at FROM "
                                      "suppression ORDER BY address").fetchall()
         return [dict(zip(("address", "reason", "dsn", "reply", "created_at"), r)) for r in rows]

@@ -82,8 +82,13 @@ class Backend:
     # -- backend hooks -------------------------------------------------------
 
     @contextmanager
-    def transaction(self) -> Iterator[Any]:
-        """A cursor inside one transaction, committed on success."""
+    def transaction(self, write: bool = True) -> Iterator[Any]:
+        """A cursor inside one transaction, committed on success.
+
+        ``write=False`` promises only reads: SQLite then takes no write lock,
+        so readers (status, the web UI, the runner's lookups) never wait for
+        writers nor make them wait.
+        """
         raise NotImplementedError
 
     def execute(self, cur: Any, sql: str, params: Sequence[Any] = ()) -> Any:
@@ -107,7 +112,7 @@ class Backend:
         raise NotImplementedError
 
     def schema_version(self) -> int:
-        with self.transaction() as cur:
+        with self.transaction(write=False) as cur:
             return self._version(cur)
 
     def _version(self, cur: Any) -> int:

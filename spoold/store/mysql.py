@@ -83,7 +83,7 @@ class MySQLStore(Store):
             self.conn = None
 
     @contextmanager
-    def transaction(self) -> Iterator[Any]:
+    def transaction(self, write: bool = True) -> Iterator[Any]:
         conn = self._connect()
         try:
             conn.begin()

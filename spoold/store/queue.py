@@ -34,7 +34,7 @@ class QueueOps(Backend):
         return {a for a in addresses if a.lower() in found}
 
     def suppressed(self, addresses: Sequence[str]) -> set[str]:
-        with self.transaction() as cur:
+        with self.transaction(write=False) as cur:
             return self._suppressed(cur, addresses)
 
     def enqueue(self, sender: str, body: bytes, recipients: Sequence[tuple[str, str]],
@@ -92,7 +92,7 @@ class QueueOps(Backend):
     def bodies(self, message_ids: Iterable[int]) -> dict[int, bytes]:
         wanted = sorted(set(message_ids))
         out: dict[int, bytes] = {}
-        with self.transaction() as cur:
+        with self.transaction(write=False) as cur:
             for chunk in _chunks(wanted):
                 rows = self.execute(cur, f"SELECT id, body FROM message WHERE id IN "
                                          f"({_marks(chunk)})", chunk)
@@ -175,7 +175,7 @@ class QueueOps(Backend):
 
     def next_due(self) -> float | None:
         """When the earliest queued row becomes due, or None if none is queued."""
-        with self.transaction() as cur:
+        with self.transaction(write=False) as cur:
             times = [self.execute(cur, "SELECT MIN(not_before) FROM notify WHERE state = "
                                        "'queued' AND priority = ?", (p,)).fetchone()[0]
                      for p in PRIORITIES.values()]
@@ -203,7 +203,7 @@ class QueueOps(Backend):
             self.execute(cur, "DELETE FROM runner WHERE owner = ?", (owner,))
 
     def runners(self) -> list[dict[str, Any]]:
-        with self.transaction() as cur:
+        with self.transaction(write=False) as cur:
             rows = self.execute(cur, "SELECT owner, host, pid, started_at, heartbeat_at, "
                                      "children, max_children FROM runner ORDER BY owner")
             names = ("owner", "host", "pid", "started_at", "heartbeat_at", "children",
