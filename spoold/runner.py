@@ -77,6 +77,11 @@ _FLUSH_BATCH = 256
 _HEARTBEAT = 5.0
 _RECOVER = 10.0
 _KILL_WAIT = 5.0
+# Pokes within this many seconds of a claim wait for its end and share one
+# claim: a busy application pokes once per message, and a claim per message
+# would keep the database's write lock from the application (measured: a
+# quarter of the runner's time spent waiting for it).
+_CLAIM_GAP = 0.05
 _ROUTES = 10_000  # domains whose route the runner remembers (least recently used go)
 
 
@@ -120,6 +125,7 @@ class Runner:
         self.stop_deadline = 0.0
         self.want_claim = True
         self.next_scan = 0.0
+        self.last_claim = -_CLAIM_GAP
         self.db_retry_at = 0.0
         self.db_failures = 0
         self.timers = {"renew": 0.0, "recover": 0.0, "heartbeat": 0.0}
@@ -226,7 +232,7 @@ class Runner:
         elif key.data == "poke":
             self.poker.drain()
             self.want_claim = True
-            self.next_scan = 0.0
+            self.next_scan = self.last_claim + _CLAIM_GAP
         else:
             kind, child = key.data
             if kind == "out":
@@ -322,6 +328,7 @@ class Runner:
         if not room:
             return
         wall = time.time()
+        self.last_claim = now
         rows = self.store.claim(self.owner, room, wall + runner.lease, wall)
         missing = {r.message_id for r in rows} - self.bodies.keys()
         self.bodies.update(self.store.bodies(missing))

@@ -25,7 +25,7 @@ from collections.abc import Iterator, Sequence
 from spoold.errors import StoreError, StoreUnavailable
 from spoold.store.api import Store
 
-_FIRST_PAUSE, _LONGEST_PAUSE = 0.0002, 0.002  # seconds between tries for the write lock
+_FIRST_PAUSE, _LONGEST_PAUSE = 0.0002, 0.001  # seconds between tries for the write lock
 
 # Failures that clear by themselves (lock contention, a full or read-only disk).
 _TRANSIENT = ("locked", "busy", "disk i/o", "readonly", "read-only", "full", "unable to open")
