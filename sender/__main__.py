@@ -114,8 +114,8 @@ class _Output:
         self.line(protocol.encode_result(result))
 
 
-def _deferred(recipient_id: int, text: str) -> Result:
-    return Result(id=recipient_id, status=trouble.DEFERRED, code=None, dsn=trouble.AGENT_ERROR,
+def _deferred(recipient_id: int, text: str, dsn: str = trouble.AGENT_ERROR) -> Result:
+    return Result(id=recipient_id, status=trouble.DEFERRED, code=None, dsn=dsn,
                   reply=text, relay="none", duration=0.0)
 
 
@@ -170,6 +170,8 @@ class _Child:
         self.output = output
         self._resolver = None
         self._sessions = None
+        self._policies = None
+        self._signer = None
 
     def serve(self, line: bytes) -> None:
         """Answer one job line: results, then done (or an error line)."""
@@ -200,12 +202,21 @@ class _Child:
         try:
             # Imported at the first job: dnspython and smtplib are most of the
             # child's start-up time, and a child told to stop needs neither.
-            from sender import client, mx
+            from sender import client, mx, tlspolicy
 
             if self._resolver is None:
                 self._resolver = mx.MxResolver(self.config)
                 self._sessions = client.SessionCache(self.config)
-            client.deliver(job, self.config, self._resolver, emit, self._sessions)
+                self._policies = tlspolicy.Policies(self.config, self._resolver)
+                if self.config.dkim_domains:
+                    from sender import signing
+
+                    self._signer = signing.Signer(self.config)
+            if self._signer is not None:
+                self._sign(job, emit)
+            if job.messages:
+                client.deliver(job, self.config, self._resolver, emit, self._sessions,
+                               self._policies.for_domain(job.domain))
         except Exception as exc:
             traceback.print_exc(file=sys.stderr)
             text = f"delivery agent error: {type(exc).__name__}: {exc}"
@@ -214,6 +225,22 @@ class _Child:
                     if recipient.id not in answered:
                         answered.add(recipient.id)
                         self.output.result(_deferred(recipient.id, text))
+
+    def _sign(self, job: Job, emit) -> None:
+        """DKIM-sign the final bytes of each message; one whose key is
+        unusable is deferred (4.3.5) and taken out of the job."""
+        from sender.signing import KeyUnusable
+
+        kept = []
+        for message in job.messages:
+            try:
+                message.data = self._signer.sign(message.data)
+            except KeyUnusable as exc:
+                for recipient in message.recipients:
+                    emit(_deferred(recipient.id, str(exc), trouble.DKIM_KEY_UNUSABLE))
+                continue
+            kept.append(message)
+        job.messages = kept
 
     def wait_limit(self) -> float | None:
         """How long to wait for the next job before the kept connection must close."""

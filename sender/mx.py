@@ -97,6 +97,25 @@ class MxResolver:
         hosts = _by_preference(records)[:self._mx_limit]
         return self._addresses(hosts, domain, dns_no_address=trouble.DNS_NO_MX_HOST)
 
+    def txt(self, name: str) -> list[str]:
+        """The TXT records of ``name``, each one string ([] for none or NXDOMAIN).
+
+        :raises DnsTemporaryError: the lookup failed.
+        """
+        try:
+            records = self._lookup(name, "TXT")
+        except DnsPermanentError:
+            return []
+        return [b"".join(record.strings).decode("utf-8", "replace") for record in records]
+
+    def addresses(self, host: str) -> list[str]:
+        """A then AAAA addresses of ``host``; :raises DnsError: it has none."""
+        self._forget_expired()
+        addresses = self._host_addresses(host)
+        if not addresses:
+            raise DnsPermanentError(trouble.DNS_NO_DOMAIN, _not_found(host, "A"))
+        return addresses
+
     def _addresses(self, hosts: list[str], domain: str, dns_no_address: str) -> list[Target]:
         """Targets for ``hosts`` in order, skipping hosts that have none.
 
