@@ -10,9 +10,12 @@ DESCRIPTION
     the configuration; every later line is a job: one destination domain,
     one or more messages, each with its recipients in that domain.
 
-    For each job the child looks up the domain's MX hosts (sender.mx), then
-    offers the messages to them in order over one SMTP connection per host
-    (sender.client): EHLO, STARTTLS per the tls setting, then MAIL FROM,
+    For each job the child DKIM-signs the final bytes of each message whose
+    From domain has a key (sender.signing), decides the destination's TLS
+    policy (sender.tlspolicy: smtp.tls_policy, MTA-STS, smtp.tls), looks up
+    the domain's MX hosts (sender.mx), then offers the messages to them in
+    order over one SMTP connection per host (sender.client): EHLO, STARTTLS
+    per that policy, then MAIL FROM,
     RCPT TO and DATA per message (pipelined where the server offers it),
     RSET only after a transaction left open.  The last clean connection
     stays open for connection_cache_time seconds, for the next job to the
@@ -38,6 +41,9 @@ DIAGNOSTICS
     - A job line that cannot be read: {"error": ...}; if the line still
       shows a job id, every recipient id it shows is answered deferred
       (4.3.0), then {"done": <job>}.  The child keeps serving.
+    - A From domain's DKIM key file that cannot be used: that message's
+      recipients deferred with 4.3.5 and the file and reason (never the
+      key); the rest of the job goes on.
     - An unexpected exception while delivering a job: its traceback on
       stderr, every recipient of the job not yet answered deferred with
       4.3.0 and the error text, then {"done": <job>}.  The child keeps
@@ -56,6 +62,17 @@ CONFIGURATION
         none: never STARTTLS.  may: STARTTLS when offered, certificate not
         verified; if the handshake fails, the same host again without TLS.
         encrypt: STARTTLS required, else the host is skipped (4.7.4/4.7.5).
+        verify: as encrypt, and the certificate must chain to tls_ca_file
+        (or the system's CAs) and name the MX host (else 4.7.5).
+    tls_policy ({}), tls_ca_file ("")
+        Levels per destination domain (".parent" for its subdomains) over
+        tls and MTA-STS; the CA certificates verify trusts.
+    mta_sts (false), mta_sts_cache_dir (""), mta_sts_port (443),
+    mta_sts_timeout (10)
+        MTA-STS (RFC 8461, sender.mtasts): enforce means verify, and MX
+        hosts the policy does not name are skipped (4.7.0).
+    dkim_domains ({}), dkim_headers ([])
+        Per From domain a selector and key file; the header fields signed.
     mx_limit (5)
         Most MX hosts tried for one domain in one job.
     dns_nameservers ([]: those of /etc/resolv.conf), dns_port (53)

@@ -14,8 +14,9 @@ the system resolver), its certificate must chain to the configured CA file
 When discovery or fetch fails, a cached unexpired policy still applies (even
 under another id, or with the TXT record gone); without one the domain has no
 policy, and the normal TLS policy applies (RFC 8461 section 5.1).  A failed
-fetch is not retried for RETRY_FAILED seconds, so a broken policy server
-costs one timeout per child per few minutes, not one per job.
+TXT lookup or fetch is not retried for RETRY_FAILED seconds, so a broken
+name or policy server costs one timeout per child per few minutes, not one
+per job; an absent TXT record is remembered as long as an MX answer.
 
 Policies carry their mode (enforce, testing, none) and MX patterns;
 mx_matches() is the RFC's matching of an MX host name against them.
@@ -130,10 +131,13 @@ class MtaSts:
         went wrong on the way ("" if nothing), for the delivery log."""
         now = time.time()
         cached = self._cached(domain, now)
+        failed = self._failed.get((domain, ""))
+        if failed is not None and failed[0] > time.monotonic():
+            return cached, failed[1]
         try:
             record_id = parse_txt(self._resolver.txt(f"_mta-sts.{domain}"))
         except DnsError as exc:
-            return cached, f"TXT lookup failed: {exc.text}"
+            return cached, self._failure(domain, "", f"TXT lookup failed: {exc.text}")
         if record_id is None or (cached is not None and cached.id == record_id):
             return cached, ""
         failed = self._failed.get((domain, record_id))
@@ -142,11 +146,14 @@ class MtaSts:
         try:
             policy = parse_policy(self._fetch(domain), domain, record_id, now)
         except PolicyError as exc:
-            problem = f"policy fetch failed: {exc}"
-            self._failed[(domain, record_id)] = (time.monotonic() + RETRY_FAILED, problem)
-            return cached, problem
+            return cached, self._failure(domain, record_id, f"policy fetch failed: {exc}")
         self._remember(policy)
         return policy, ""
+
+    def _failure(self, domain: str, record_id: str, problem: str) -> str:
+        """Remember a failed TXT lookup ("" id) or fetch, not to retry it at every job."""
+        self._failed[(domain, record_id)] = (time.monotonic() + RETRY_FAILED, problem)
+        return problem
 
     def _cached(self, domain: str, now: float) -> StsPolicy | None:
         policy = self._memory.get(domain) or self._read_disk(domain)

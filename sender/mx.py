@@ -13,6 +13,9 @@ The resolver is built from SenderConfig only (``Resolver(configure=False)``,
 name server on loopback.  A child serves many jobs, so answers are cached
 for at most CACHE_TTL seconds: long enough for the jobs of one burst to one
 domain, short enough that a changed MX is seen within a minute.
+
+txt() and addresses() serve MTA-STS (sender.mtasts) from the same name
+servers and cache: its TXT record, and the policy host's address.
 """
 
 from __future__ import annotations
@@ -105,7 +108,9 @@ class MxResolver:
         try:
             records = self._lookup(name, "TXT")
         except DnsPermanentError:
-            return []
+            # NXDOMAIN is the common answer (no _mta-sts record): remember it too
+            records = []
+            self._cache[(name, "TXT")] = (time.monotonic() + CACHE_TTL, records)
         return [b"".join(record.strings).decode("utf-8", "replace") for record in records]
 
     def addresses(self, host: str) -> list[str]:

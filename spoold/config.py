@@ -72,9 +72,11 @@ def _tls_policy_entry(name: str, value: Any) -> str:
     return value
 
 
-def _dkim_entry(name: str, value: Any) -> dict[str, str]:
+def dkim_entry(name: str, value: Any) -> dict[str, str]:
+    """One [dkim.domains] entry, validated (also for spoold dkim keygen)."""
     if name.startswith("."):
         raise ValueError(f"{name!r}: a signing domain is one domain, not its subdomains")
+    _domain_key(name)
     if not isinstance(value, dict) or set(value) != {"selector", "key_file"}:
         raise ValueError(f"{name}: expected a table with selector and key_file")
     if not all(isinstance(v, str) and v for v in value.values()):
@@ -198,7 +200,7 @@ SETTINGS: tuple[Setting, ...] = (
             "key; relaxed/relaxed); mail from other domains goes out unsigned.  One entry\n"
             "per domain, as \"spoold dkim keygen DOMAIN SELECTOR\" prints it:\n"
             "[dkim.domains.\"example.org\"] selector = \"s1\", key_file = \"PATH\" (a PEM private\n"
-            "key; a relative path is relative to this file).", entry=_dkim_entry),
+            "key; a relative path is relative to this file).", entry=dkim_entry),
     Setting("dns", "nameservers", "list", [],
             "Resolvers to ask for MX/A/AAAA; empty means those of /etc/resolv.conf."),
     Setting("dns", "port", "int", 53,
