@@ -145,7 +145,7 @@ SETTINGS: tuple[Setting, ...] = (
             choices=TLS_LEVELS),
     Setting("smtp", "tls_ca_file", "str", "",
             "PEM file of the CA certificates that verify trusts (also for MTA-STS policy\n"
-            "servers); empty means the system's."),
+            "servers); empty means the system's.  A relative path is relative to this file."),
     Setting("smtp", "mx_limit", "int", 5,
             "Most MX hosts tried for one destination in one job.", minimum=1),
     Setting("smtp", "connect_timeout", "duration", 30,
@@ -184,7 +184,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("mta_sts", "cache_dir", "str", "",
             "Directory where fetched policies are kept for their max_age, shared by the\n"
             "children and kept across restarts (e.g. /var/lib/spoold/mta-sts); empty: each\n"
-            "child keeps them in memory only."),
+            "child keeps them in memory only.  A relative path is relative to this file."),
     Setting("mta_sts", "port", "int", 443,
             "TCP port of the policy servers (mta-sts.DOMAIN); tests use another.", minimum=1),
     Setting("mta_sts", "timeout", "duration", 10,

@@ -215,6 +215,29 @@ def test_tls_policy_per_destination(world, spool_factory, tmp_path, ca):
     assert (events["a@plain.test"]["tls"], events["a@plain.test"]["cipher"]) == ("none", "none")
 
 
+def test_a_kept_plaintext_connection_is_not_reused_where_tls_is_required(world):
+    from sender.client import SessionCache, deliver
+    from sender.protocol import Job, Message, Recipient
+    from sender.tlspolicy import Policies
+
+    sink = world.add_domain("shared.test")[0]  # no STARTTLS
+    world.dns.set("strict.test", {"MX": [(10, "mx1.shared.test")]})
+    config = SenderConfig(port=world.port, dns_nameservers=world.nameservers,
+                          dns_port=world.dns.port, tls="may", connection_cache_time=30,
+                          tls_policy={"strict.test": "encrypt"})
+    resolver, cache = MxResolver(config), SessionCache(config)
+    policies, results = Policies(config, resolver), []
+    for number, domain in enumerate(("shared.test", "strict.test", "shared.test")):
+        job = Job(number, domain, [Message("a@sender.test", b"Subject: x\r\n\r\nx\r\n",
+                                           [Recipient(number, f"x@{domain}")])])
+        deliver(job, config, resolver, results.append, cache, policies.for_domain(domain))
+    cache.close()
+
+    assert [(r.status, r.dsn) for r in results] == [("sent", "2.0.0"), ("deferred", "4.7.4"),
+                                                    ("sent", "2.0.0")]
+    assert sink.sessions == 3  # the plaintext session was not offered to strict.test
+
+
 # --- MTA-STS --------------------------------------------------------------------------
 
 
