@@ -12,6 +12,9 @@ emitted at once; a 4xx or a network failure leaves it pending for the next
 MX host, and whatever is still pending when the hosts run out is deferred
 with the last reply it got (Postfix smtp(8)).  What a reply or a failure
 means is sender.trouble's business; this module talks SMTP and keeps books.
+STARTTLS happens at the level of the job's TlsPolicy (sender.tlspolicy); a
+kept connection serves only jobs whose level it satisfies, and every result
+carries the TLS version and cipher of the session that gave it.
 
 Session is smtplib.SMTP with a timeout per stage of the dialogue (RFC 5321
 section 4.5.3.2), set on the socket before each stage, a connect timeout
