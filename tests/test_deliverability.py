@@ -317,6 +317,19 @@ def test_mta_sts_policy_is_cached_by_id_and_kept_when_the_server_fails(world, tm
     assert server.fetches == fetches + 1
 
 
+def test_mta_sts_policy_server_must_have_a_trusted_certificate(world, tmp_path, ca):
+    untrusted = TestCA(tmp_path / "other-ca", name="not trusted")
+    server = world.add_mta_sts("forged.test", _policy("enforce", "mx.evil.test"), untrusted)
+    config = SenderConfig(dns_nameservers=world.nameservers, dns_port=world.dns.port,
+                          tls_ca_file=str(ca.ca_file), mta_sts=True,
+                          mta_sts_port=world.https_port, mta_sts_timeout=2)
+
+    policy, problem = MtaSts(config, MxResolver(config)).lookup("forged.test")
+
+    assert policy is None and server.fetches == 0
+    assert "policy fetch failed" in problem and "certificate verify failed" in problem
+
+
 def test_mta_sts_parsing():
     assert parse_txt(["v=STSv1; id=20240101T000000;", "v=spf1 -all"]) == "20240101T000000"
     assert parse_txt(["v=STSv1; id=1;", "v=STSv1; id=2;"]) is None  # two records: none
