@@ -10,9 +10,12 @@ DESCRIPTION
     the configuration; every later line is a job: one destination domain,
     one or more messages, each with its recipients in that domain.
 
-    For each job the child looks up the domain's MX hosts (sender.mx), then
-    offers the messages to them in order over one SMTP connection per host
-    (sender.client): EHLO, STARTTLS per the tls setting, then MAIL FROM,
+    For each job the child DKIM-signs the final bytes of each message whose
+    From domain has a key (sender.signing), decides the destination's TLS
+    policy (sender.tlspolicy: smtp.tls_policy, MTA-STS, smtp.tls), looks up
+    the domain's MX hosts (sender.mx), then offers the messages to them in
+    order over one SMTP connection per host (sender.client): EHLO, STARTTLS
+    per that policy, then MAIL FROM,
     RCPT TO and DATA per message (pipelined where the server offers it),
     RSET only after a transaction left open.  The last clean connection
     stays open for connection_cache_time seconds, for the next job to the
@@ -41,6 +44,9 @@ DIAGNOSTICS
     - A job line that cannot be read: {"error": ...}; if the line still
       shows a job id, every recipient id it shows is answered deferred
       (4.3.0), then {"done": <job>}.  The child keeps serving.
+    - A From domain's DKIM key file that cannot be used: that message's
+      recipients deferred with 4.3.5 and the file and reason (never the
+      key); the rest of the job goes on.
     - An unexpected exception while delivering a job: its traceback on
       stderr, every recipient of the job not yet answered deferred with
       4.3.0 and the error text, then {"done": <job>}.  The child keeps
@@ -59,6 +65,17 @@ CONFIGURATION
         none: never STARTTLS.  may: STARTTLS when offered, certificate not
         verified; if the handshake fails, the same host again without TLS.
         encrypt: STARTTLS required, else the host is skipped (4.7.4/4.7.5).
+        verify: as encrypt, and the certificate must chain to tls_ca_file
+        (or the system's CAs) and name the MX host (else 4.7.5).
+    tls_policy ({}), tls_ca_file ("")
+        Levels per destination domain (".parent" for its subdomains) over
+        tls and MTA-STS; the CA certificates verify trusts.
+    mta_sts (false), mta_sts_cache_dir (""), mta_sts_port (443),
+    mta_sts_timeout (10)
+        MTA-STS (RFC 8461, sender.mtasts): enforce means verify, and MX
+        hosts the policy does not name are skipped (4.7.0).
+    dkim_domains ({}), dkim_headers ([])
+        Per From domain a selector and key file; the header fields signed.
     mx_limit (5)
         Most MX hosts tried for one domain in one job.
     dns_nameservers ([]: those of /etc/resolv.conf), dns_port (53)
@@ -117,8 +134,8 @@ class _Output:
         self.line(protocol.encode_result(result))
 
 
-def _deferred(recipient_id: int, text: str) -> Result:
-    return Result(id=recipient_id, status=trouble.DEFERRED, code=None, dsn=trouble.AGENT_ERROR,
+def _deferred(recipient_id: int, text: str, dsn: str = trouble.AGENT_ERROR) -> Result:
+    return Result(id=recipient_id, status=trouble.DEFERRED, code=None, dsn=dsn,
                   reply=text, relay="none", duration=0.0)
 
 
@@ -173,6 +190,8 @@ class _Child:
         self.output = output
         self._resolver = None
         self._sessions = None
+        self._policies = None
+        self._signer = None
 
     def serve(self, line: bytes) -> None:
         """Answer one job line: results, then done (or an error line)."""
@@ -202,12 +221,22 @@ class _Child:
         try:
             # Imported at the first job: dnspython and smtplib are most of the
             # child's start-up time, and a child told to stop needs neither.
-            from sender import client, mx
+            from sender import client, mx, tlspolicy
 
             if self._resolver is None:
                 self._resolver = mx.MxResolver(self.config)
                 self._sessions = client.SessionCache(self.config)
-            return client.deliver(job, self.config, self._resolver, emit, self._sessions)
+                self._policies = tlspolicy.Policies(self.config, self._resolver)
+                if self.config.dkim_domains:
+                    from sender import signing
+
+                    self._signer = signing.Signer(self.config)
+            if self._signer is not None:
+                self._sign(job, emit)
+            if not job.messages:
+                return Done(job.job)
+            return client.deliver(job, self.config, self._resolver, emit, self._sessions,
+                                  self._policies.for_domain(job.domain))
         except Exception as exc:
             traceback.print_exc(file=sys.stderr)
             text = f"delivery agent error: {type(exc).__name__}: {exc}"
@@ -217,6 +246,22 @@ class _Child:
                         answered.add(recipient.id)
                         self.output.result(_deferred(recipient.id, text))
             return Done(job.job)
+
+    def _sign(self, job: Job, emit) -> None:
+        """DKIM-sign the final bytes of each message; one whose key is
+        unusable is deferred (4.3.5) and taken out of the job."""
+        from sender.signing import KeyUnusable
+
+        kept = []
+        for message in job.messages:
+            try:
+                message.data = self._signer.sign(message.data)
+            except KeyUnusable as exc:
+                for recipient in message.recipients:
+                    emit(_deferred(recipient.id, str(exc), trouble.DKIM_KEY_UNUSABLE))
+                continue
+            kept.append(message)
+        job.messages = kept
 
     def wait_limit(self) -> float | None:
         """How long to wait for the next job before the kept connection must close."""

@@ -14,6 +14,9 @@ emitted at once; a 4xx or a network failure leaves it pending for the next
 MX host, and whatever is still pending when the hosts run out is deferred
 with the last reply it got (Postfix smtp(8)).  What a reply or a failure
 means is sender.trouble's business; this module talks SMTP and keeps books.
+STARTTLS happens at the level of the job's TlsPolicy (sender.tlspolicy); a
+kept connection serves only jobs whose level it satisfies, and every result
+carries the TLS version and cipher of the session that gave it.
 
 Session is smtplib.SMTP with a timeout per stage of the dialogue (RFC 5321
 section 4.5.3.2), set on the socket before each stage, a connect timeout
@@ -24,7 +27,6 @@ HostFailure that says at which stage the host was lost.
 from __future__ import annotations
 
 import contextlib
-import functools
 import re
 import smtplib
 import socket
@@ -37,6 +39,7 @@ from typing import Any
 from sender import trouble
 from sender.mx import DnsError, MxResolver
 from sender.protocol import Done, Job, Message, Recipient, Result, SenderConfig, Target
+from sender.tlspolicy import ENCRYPTED, PLAINTEXT, REQUIRES, VERIFIED, TlsPolicy, context_for
 
 # Data is sent in pieces so that data_block_timeout bounds each TCP send, not
 # the whole message (RFC 5321 4.5.3.2.5; sendall's timeout covers the total).
@@ -72,6 +75,8 @@ class Reply:
     text: str
     relay: str
     code: int | None = None
+    tls: str = "none"  # the session's protocol version, when it had TLS
+    cipher: str = "none"
 
     @property
     def status(self) -> str:
@@ -120,6 +125,7 @@ class _Ledger:
         self._emit = emit
         self._started = time.monotonic()
         self._last: dict[int, Reply] = {}
+        self.tls_policy = ""  # the policy of the host being tried, as the log shows it
 
     def has_pending(self) -> bool:
         return any(out.pending for out in self.outgoing)
@@ -139,6 +145,7 @@ class _Ledger:
                 id=recipient.id, status=reply.status, code=reply.code, dsn=reply.dsn,
                 reply=reply.text, relay=reply.relay,
                 duration=round(time.monotonic() - self._started, 3),
+                tls=reply.tls, cipher=reply.cipher, tls_policy=self.tls_policy,
             ))
 
     def host_failed(self, outgoing: list[_Outgoing], reply: Reply) -> None:
@@ -186,11 +193,18 @@ class SessionCache:
                 return [target, *targets[:index], *targets[index + 1:]]
         return targets
 
-    def take(self, target: Target) -> Session | None:
-        """The kept connection if it goes to ``target``'s endpoint; another is closed."""
+    def take(self, target: Target, level: str = "none") -> Session | None:
+        """The kept connection if it goes to ``target``'s endpoint with the TLS
+        ``level`` asks for; any other is closed.
+
+        A verified certificate names one host: under ``verify`` the kept
+        connection must also have been opened to ``target``'s host name.
+        """
         self.expire()
         session, self._session = self._session, None
-        if session is not None and session.target.address != target.address:
+        if session is not None and (session.target.address != target.address
+                                    or session.security < REQUIRES[level]
+                                    or (level == "verify" and session.target.host != target.host)):
             session.goodbye()
             return None
         return session
@@ -227,14 +241,19 @@ class SessionCache:
 
 
 def deliver(job: Job, config: SenderConfig, resolver: MxResolver,
-            emit: Callable[[Result], None], cache: SessionCache) -> Done:
+            emit: Callable[[Result], None], cache: SessionCache,
+            policy: TlsPolicy | None = None) -> Done:
     """Deliver every message of ``job``, calling ``emit`` once per recipient.
 
     Results come as soon as they are final; deferrals come last, once every
     MX host has been tried.  ``duration`` is the time from the start of the
-    job (DNS lookup included) to the recipient's outcome.  The returned Done
-    carries the route if this job looked it up, and the kept endpoint.
+    job (DNS lookup included) to the recipient's outcome.  ``policy`` is the
+    destination's TLS policy (sender.tlspolicy), smtp.tls when not given;
+    an MX host it does not allow (MTA-STS enforce) is skipped like a host
+    that refused the mail for now (4.7.0).  The returned Done carries the
+    route if this job looked it up, and the kept endpoint.
     """
+    policy = policy or TlsPolicy(config.tls, "smtp.tls")
     ledger = _Ledger(job, emit)
     done = Done(job.job)
     targets = job.targets
@@ -249,20 +268,27 @@ def deliver(job: Job, config: SenderConfig, resolver: MxResolver,
     for target in cache.prefer(targets):
         if not ledger.has_pending():
             break
-        _try_host(target, config, ledger, cache)
+        ledger.tls_policy = policy.describe(target.host)
+        if not policy.allows(target.host):
+            ledger.host_failed(ledger.outgoing, Reply(
+                trouble.MTA_STS_MX_MISMATCH,
+                f"MX host {target.host} does not match the MTA-STS policy of {job.domain}",
+                f"{target.host}[{target.address}]:{config.port}"))
+            continue
+        _try_host(target, config, ledger, cache, policy.level)
     ledger.give_up()
     done.kept = cache.endpoint()
     return done
 
 
 def _try_host(target: Target, config: SenderConfig, ledger: _Ledger,
-              cache: SessionCache) -> None:
+              cache: SessionCache, level: str) -> None:
     """Offer every pending message to one host over one connection, kept or new."""
-    kept = cache.take(target)
+    kept = cache.take(target, level)
     if kept is not None and _offer(kept, ledger, cache, reused=True):
         return
     try:
-        session = _open_session(target, config)
+        session = _open_session(target, config, level)
     except HostFailure as exc:
         ledger.host_failed([out for out in ledger.outgoing if out.pending], exc.reply)
         return
@@ -297,9 +323,9 @@ def _offer(session: Session, ledger: _Ledger, cache: SessionCache, reused: bool)
     return True
 
 
-def _open_session(target: Target, config: SenderConfig) -> Session:
+def _open_session(target: Target, config: SenderConfig, level: str) -> Session:
     try:
-        return Session.open(target, config, config.tls)
+        return Session.open(target, config, level)
     except _TlsFallback:
         return Session.open(target, config, "none")
 
@@ -357,15 +383,6 @@ def _transfer(session: Session, out: _Outgoing, ledger: _Ledger) -> bool:
     return False
 
 
-@functools.cache
-def _unverified_context() -> ssl.SSLContext:
-    """Opportunistic TLS (RFC 7435): encrypt, authenticate nobody."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    return context
-
-
 def _one_line(raw: bytes) -> str:
     return raw.decode("utf-8", "replace").replace("\n", " ")
 
@@ -387,10 +404,13 @@ class Session(smtplib.SMTP):
         self.relay = f"{target.host}[{target.address}]:{config.port}"
         self.opened_at = time.monotonic()
         self.answers = 0  # replies other than 421: proof that the connection is alive
+        self.security = PLAINTEXT  # or ENCRYPTED, VERIFIED once STARTTLS succeeded
+        self.tls = self.cipher = "none"
 
     @classmethod
     def open(cls, target: Target, config: SenderConfig, tls: str) -> Session:
-        """Connect, read the greeting, EHLO, and STARTTLS as ``tls`` says.
+        """Connect, read the greeting, EHLO, and STARTTLS as ``tls`` (a level
+        of sender.tlspolicy) says.
 
         :raises HostFailure: the host cannot be used.
         :raises _TlsFallback: with ``tls`` "may", the TLS handshake failed.
@@ -400,7 +420,7 @@ class Session(smtplib.SMTP):
             session._greet()
             session._hello()
             if tls != "none":
-                session._secure(required=tls == "encrypt")
+                session._secure(tls)
         except HostFailure:
             session.goodbye()
             raise
@@ -437,8 +457,9 @@ class Session(smtplib.SMTP):
         if not reply.accepted:
             raise HostFailure(reply)
 
-    def _secure(self, required: bool) -> None:
-        """STARTTLS and EHLO again; without ``required``, failing is no failure."""
+    def _secure(self, level: str) -> None:
+        """STARTTLS and EHLO again; at level "may", failing is no failure."""
+        required = REQUIRES[level] > PLAINTEXT
         if not self.has_extn("starttls"):
             if required:
                 raise HostFailure(Reply(
@@ -447,7 +468,7 @@ class Session(smtplib.SMTP):
             return
         self.sock.settimeout(self.config.helo_timeout)
         try:
-            self.starttls(context=_unverified_context())
+            self.starttls(context=context_for(level, self.config.tls_ca_file))
         except smtplib.SMTPResponseException as exc:
             if required:
                 raise HostFailure(Reply(
@@ -456,6 +477,12 @@ class Session(smtplib.SMTP):
                     f"{exc.smtp_code} {_one_line(exc.smtp_error)}",
                     self.relay, exc.smtp_code)) from exc
             return  # opportunistic: carry on in plaintext on this connection
+        except ssl.SSLCertVerificationError as exc:
+            self.close()
+            raise HostFailure(Reply(
+                trouble.TLS_FAILED,
+                f"Server certificate not verified: {self.relay}: {exc.verify_message}",
+                self.relay)) from exc
         except OSError as exc:
             self.close()
             if required:
@@ -463,6 +490,8 @@ class Session(smtplib.SMTP):
                                         f"Cannot start TLS with {self.relay}: {exc}",
                                         self.relay)) from exc
             raise _TlsFallback(str(exc)) from exc
+        self.security = VERIFIED if level == "verify" else ENCRYPTED
+        self.tls, self.cipher = self.sock.version() or "none", self.sock.cipher()[0]
         self._hello()
 
     def command(self, stage: str, timeout: float, call: Callable[..., tuple[int, bytes]],
@@ -478,9 +507,10 @@ class Session(smtplib.SMTP):
         text = _one_line(raw)
         _, dsn = outcome(code, text)
         if code > 0:
-            reply = Reply(dsn, f"{code} {text}", self.relay, code)
+            reply = Reply(dsn, f"{code} {text}", self.relay, code, self.tls, self.cipher)
         else:
-            reply = Reply(dsn, f"malformed reply from {self.relay}: {text}", self.relay)
+            reply = Reply(dsn, f"malformed reply from {self.relay}: {text}", self.relay,
+                          None, self.tls, self.cipher)
         if code == 421:
             raise HostFailure(reply)
         return reply
@@ -506,7 +536,7 @@ class Session(smtplib.SMTP):
             text = f"conversation with {peer} timed out while {stage}"
         else:
             text = f"lost connection with {peer} while {stage}"
-        return Reply(trouble.CONNECTION_LOST, text, self.relay)
+        return Reply(trouble.CONNECTION_LOST, text, self.relay, None, self.tls, self.cipher)
 
     def size_limit(self) -> int:
         """The server's SIZE limit; 0 for none ("SIZE" or "SIZE 0", RFC 1870)."""

@@ -16,6 +16,9 @@ domain, short enough that a changed MX is seen within a minute.  A route
 says how long it stays valid (the shortest TTL of the answers it came
 from), so that the runner can hand it to later jobs for the domain in other
 children (sender.protocol, "targets").
+
+txt() and addresses() serve MTA-STS (sender.mtasts) from the same name
+servers and cache: its TXT record, and the policy host's address.
 """
 
 from __future__ import annotations
@@ -105,6 +108,27 @@ class MxResolver:
             hosts = _by_preference(records)[:self._mx_limit]
             targets = self._addresses(hosts, domain, dns_no_address=trouble.DNS_NO_MX_HOST)
         return Route(targets, max(0.0, self._valid_until - now))
+
+    def txt(self, name: str) -> list[str]:
+        """The TXT records of ``name``, each one string ([] for none or NXDOMAIN).
+
+        :raises DnsTemporaryError: the lookup failed.
+        """
+        try:
+            records = self._lookup(name, "TXT")
+        except DnsPermanentError:
+            # NXDOMAIN is the common answer (no _mta-sts record): remember it too
+            records = []
+            self._cache[(name, "TXT")] = (time.monotonic() + CACHE_TTL, records)
+        return [b"".join(record.strings).decode("utf-8", "replace") for record in records]
+
+    def addresses(self, host: str) -> list[str]:
+        """A then AAAA addresses of ``host``; :raises DnsError: it has none."""
+        self._forget_expired(time.monotonic())
+        addresses = self._host_addresses(host)
+        if not addresses:
+            raise DnsPermanentError(trouble.DNS_NO_DOMAIN, _not_found(host, "A"))
+        return addresses
 
     def _addresses(self, hosts: list[tuple[int, str]], domain: str,
                    dns_no_address: str) -> list[Target]:

@@ -30,12 +30,17 @@ Child -> runner (stdout)
 
         {"id": 41, "status": "sent", "code": 250, "dsn": "2.0.0",
          "reply": "250 2.0.0 Ok: queued as 1234", "relay": "mx.example.org[127.0.0.2]:25",
-         "duration": 0.043}
+         "duration": 0.043, "tls": "TLSv1.3", "cipher": "TLS_AES_256_GCM_SHA384",
+         "tls_policy": "may"}
 
     ``status`` is ``sent``, ``deferred`` or ``bounced``; ``code`` is the SMTP
     reply code or null when no server answered (DNS failure, connection
     refused); ``dsn`` is the RFC 3463 enhanced status code, the server's own
-    when it sent one, else one derived from the failure.  After the last
+    when it sent one, else one derived from the failure.  ``tls`` and
+    ``cipher`` describe the session that gave the outcome ("none" without
+    TLS or without a session); ``tls_policy`` names the STARTTLS policy that
+    applied and its source, and in MTA-STS testing mode what enforce would
+    have refused.  Fields after ``duration`` may be left out.  After the last
     result of a job the child writes the done line and reads the next job::
 
         {"done": 7, "targets": [["mx.example.org", "192.0.2.7", 10]], "ttl": 60,
@@ -69,7 +74,9 @@ class SenderConfig:
     dns_nameservers: list[str] = field(default_factory=list)
     dns_port: int = 53
     dns_timeout: float = 10.0
-    tls: str = "may"  # none | may | encrypt
+    tls: str = "may"  # none | may | encrypt | verify
+    tls_policy: dict[str, str] = field(default_factory=dict)  # domain or .parent -> level
+    tls_ca_file: str = ""  # CA certificates for verify and MTA-STS; "" = the system's
     mx_limit: int = 5
     connect_timeout: float = 30.0
     greeting_timeout: float = 300.0
@@ -82,6 +89,13 @@ class SenderConfig:
     quit_timeout: float = 300.0
     connection_cache_time: float = 2.0
     connection_reuse_time: float = 300.0
+    mta_sts: bool = False  # the runner passes mta_sts.enabled
+    mta_sts_cache_dir: str = ""
+    mta_sts_port: int = 443
+    mta_sts_timeout: float = 10.0
+    # From domain -> {"selector": ..., "key_file": absolute path}; key files, never keys
+    dkim_domains: dict[str, dict[str, str]] = field(default_factory=dict)
+    dkim_headers: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -133,6 +147,9 @@ class Result:
     reply: str
     relay: str
     duration: float
+    tls: str = "none"  # protocol version of the session, e.g. "TLSv1.3", or "none"
+    cipher: str = "none"  # cipher suite of the session, or "none"
+    tls_policy: str = ""  # the policy that applied and where from, e.g. "verify (mta-sts)"
 
 
 STATUSES = ("sent", "deferred", "bounced")

@@ -29,8 +29,10 @@ DNS_NULL_MX = "5.1.10"       # RFC 7505: the domain accepts no mail at all
 DNS_NO_MX_HOST = "5.4.4"     # MX records whose host names have no address
 CONNECT_FAILED = "4.4.1"     # refused, unreachable, timed out while connecting
 CONNECTION_LOST = "4.4.2"    # lost or timed out after the connection was up
-TLS_UNAVAILABLE = "4.7.4"    # tls = encrypt, but STARTTLS not offered or refused
-TLS_FAILED = "4.7.5"         # tls = encrypt, and the handshake failed
+TLS_UNAVAILABLE = "4.7.4"    # tls encrypt or verify, but STARTTLS not offered or refused
+TLS_FAILED = "4.7.5"         # tls encrypt or verify: the handshake or the certificate failed
+MTA_STS_MX_MISMATCH = "4.7.0"  # MTA-STS enforce: the MX host is not one the policy names
+DKIM_KEY_UNUSABLE = "4.3.5"  # the From domain's DKIM key file cannot be used
 MESSAGE_TOO_BIG = "5.3.4"    # larger than the server's advertised SIZE
 PROTOCOL_ERROR = "4.5.0"     # a reply the dialogue does not allow
 AGENT_ERROR = "4.3.0"        # the sender child itself failed

@@ -36,18 +36,62 @@ _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 class Setting:
     section: str
     key: str
-    kind: str  # str | int | bool | duration | list
+    kind: str  # str | int | bool | duration | list | table
     default: Any
     doc: str
     minimum: float | None = None
     choices: tuple[str, ...] = ()
     check: Callable[[Any], str | None] | None = None
+    # table only: validates one entry, returns its value; raises ValueError naming the problem
+    entry: Callable[[str, Any], Any] | None = None
 
 
 def _database_url(value: str) -> str | None:
     if value.startswith("sqlite://") or value.startswith("mysql://"):
         return None
     return "must start with sqlite:// or mysql://"
+
+
+_DOMAIN = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)"
+                     r"(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
+TLS_LEVELS = ("none", "may", "encrypt", "verify")
+
+
+def _domain_key(name: str) -> str:
+    """A domain as a table key, lower case; a leading dot means "every subdomain"."""
+    bare = name.lower()
+    if not _DOMAIN.match(bare.removeprefix(".")):
+        raise ValueError(f"{name!r} is not a domain name")
+    return bare
+
+
+def _tls_policy_entry(name: str, value: Any) -> str:
+    _domain_key(name)
+    if value not in TLS_LEVELS:
+        raise ValueError(f"{name}: {value!r} is not one of {', '.join(TLS_LEVELS)}")
+    return value
+
+
+def dkim_entry(name: str, value: Any) -> dict[str, str]:
+    """One [dkim.domains] entry, validated (also for spoold dkim keygen)."""
+    if name.startswith("."):
+        raise ValueError(f"{name!r}: a signing domain is one domain, not its subdomains")
+    _domain_key(name)
+    if not isinstance(value, dict) or set(value) != {"selector", "key_file"}:
+        raise ValueError(f"{name}: expected a table with selector and key_file")
+    if not all(isinstance(v, str) and v for v in value.values()):
+        raise ValueError(f"{name}: selector and key_file must be non-empty strings")
+    if not _DOMAIN.match(value["selector"].lower()):
+        raise ValueError(f"{name}: selector {value['selector']!r} is not a DNS label")
+    return dict(value)
+
+
+def _dkim_headers(names: list[str]) -> str | None:
+    # RFC 6376 5.4.1: fields that relays add or change break a signature over them
+    never = {"return-path", "received", "comments", "keywords", "bcc", "resent-bcc",
+             "dkim-signature"}
+    bad = [name for name in names if name.lower() in never]
+    return f"{', '.join(bad)} must not be signed" if bad else None
 
 
 SETTINGS: tuple[Setting, ...] = (
@@ -95,8 +139,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("smtp", "helo_name", "str", "",
             "Name sent in EHLO/HELO; empty means this host's fully qualified name."),
     Setting("smtp", "tls", "str", "may",
-            "STARTTLS policy: none, may (use when offered, unverified), encrypt (required).",
-            choices=("none", "may", "encrypt")),
+            "STARTTLS policy: none, may (use when offered, unverified), encrypt (required,\n"
+            "unverified), verify (required; the certificate must chain to a trusted CA and\n"
+            "name the MX host).  tls_policy below overrides it per destination.",
+            choices=TLS_LEVELS),
+    Setting("smtp", "tls_ca_file", "str", "",
+            "PEM file of the CA certificates that verify trusts (also for MTA-STS policy\n"
+            "servers); empty means the system's.  A relative path is relative to this file."),
     Setting("smtp", "mx_limit", "int", 5,
             "Most MX hosts tried for one destination in one job.", minimum=1),
     Setting("smtp", "connect_timeout", "duration", 30,
@@ -123,6 +172,35 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("smtp", "connection_reuse_time", "duration", 300,
             "A connection is not reused once this old (Postfix "
             "smtp_connection_reuse_time_limit).", minimum=0),
+    Setting("smtp", "tls_policy", "table", {},
+            "STARTTLS policy per destination domain, over smtp.tls and MTA-STS:\n"
+            "\"example.org\" = \"verify\" (that domain), \".example.org\" = \"encrypt\" (its\n"
+            "subdomains).  Values: none, may, encrypt, verify.", entry=_tls_policy_entry),
+    Setting("mta_sts", "enabled", "bool", True,
+            "Honour MTA-STS (RFC 8461): look up _mta-sts.DOMAIN (cached), fetch the policy\n"
+            "over HTTPS; in enforce mode deliver only to the policy's MX hosts over\n"
+            "verified TLS, else defer (4.7.x); testing mode only notes problems in the log.\n"
+            "A domain in smtp.tls_policy is not looked up.  Costs a TXT lookup per domain."),
+    Setting("mta_sts", "cache_dir", "str", "",
+            "Directory where fetched policies are kept for their max_age, shared by the\n"
+            "children and kept across restarts (e.g. /var/lib/spoold/mta-sts); empty: each\n"
+            "child keeps them in memory only.  A relative path is relative to this file."),
+    Setting("mta_sts", "port", "int", 443,
+            "TCP port of the policy servers (mta-sts.DOMAIN); tests use another.", minimum=1),
+    Setting("mta_sts", "timeout", "duration", 10,
+            "Time allowed to fetch one policy.", minimum=0.1),
+    Setting("dkim", "headers", "list",
+            ["From", "To", "Subject", "Date", "Message-ID", "List-Unsubscribe",
+             "List-Unsubscribe-Post", "MIME-Version", "Content-Type",
+             "Content-Transfer-Encoding"],
+            "Header fields signed, those of them that a message has (From always).",
+            check=_dkim_headers),
+    Setting("dkim", "domains", "table", {},
+            "Signing key per From domain (rsa-sha256, or ed25519-sha256 for an Ed25519\n"
+            "key; relaxed/relaxed); mail from other domains goes out unsigned.  One entry\n"
+            "per domain, as \"spoold dkim keygen DOMAIN SELECTOR\" prints it:\n"
+            "[dkim.domains.\"example.org\"] selector = \"s1\", key_file = \"PATH\" (a PEM private\n"
+            "key; a relative path is relative to this file).", entry=dkim_entry),
     Setting("dns", "nameservers", "list", [],
             "Resolvers to ask for MX/A/AAAA; empty means those of /etc/resolv.conf."),
     Setting("dns", "port", "int", 53,
@@ -183,6 +261,10 @@ def _convert(setting: Setting, value: Any) -> Any:
         raise ValueError(f"expected a string, got {type(value).__name__}")
     if kind == "list" and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
         raise ValueError("expected a list of strings")
+    if kind == "table":
+        if not isinstance(value, dict):
+            raise ValueError(f"expected a table, got {type(value).__name__}")
+        return {_domain_key(name): setting.entry(name, entry) for name, entry in value.items()}
     return value
 
 
@@ -261,6 +343,9 @@ def _toml_value(value: Any) -> str:
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_toml_value(k)} = {_toml_value(v)}"
+                               for k, v in value.items()) + "}"
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return str(value)
@@ -285,13 +370,24 @@ _HEADER = """\
 
 
 def _render(values: Callable[[Setting], Any]) -> str:
+    """The documented file; a table setting comes after the plain keys of its
+    section, as a [section.key] table of its own, so entries can be added to
+    it as lines (or as [section.key."name"] sub-tables anywhere in the file)."""
     out = [_HEADER]
     for section, keys in _BY_SECTION.items():
         out.append(f"\n[{section}]\n")
-        for setting in keys.values():
+        settings = sorted(keys.values(), key=lambda s: s.kind == "table")
+        for setting in settings:
+            if setting.kind == "table":
+                out.append(f"\n[{section}.{setting.key}]\n")
             for line in setting.doc.splitlines():
                 out.append(f"# {line}\n")
-            out.append(f"{setting.key} = {_toml_value(values(setting))}\n\n")
+            if setting.kind == "table":
+                out.extend(f"{_toml_value(name)} = {_toml_value(entry)}\n"
+                           for name, entry in values(setting).items())
+                out.append("\n")
+            else:
+                out.append(f"{setting.key} = {_toml_value(values(setting))}\n\n")
     return "".join(out).rstrip("\n") + "\n"
 
 

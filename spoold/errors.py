@@ -52,3 +52,15 @@ class NotFound(SpooldError):
     """A queue id or other named object does not exist."""
 
     exit_status = 67  # EX_NOUSER
+
+
+class UsageError(SpooldError):
+    """A command-line argument is malformed (a bad domain name, say)."""
+
+    exit_status = 64  # EX_USAGE
+
+
+class CannotCreate(SpooldError):
+    """An output file cannot be written (or exists and is not to be overwritten)."""
+
+    exit_status = 73  # EX_CANTCREAT

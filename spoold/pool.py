@@ -32,6 +32,7 @@ import sender
 import sender.__main__
 import sender.client
 import sender.mx  # imported here so that forked children have it: see above
+import sender.signing  # (dkimpy, cryptography: 30 ms a child that signs would pay)
 from sender.protocol import SenderConfig, encode_config
 from spoold.store import QueueRow
 

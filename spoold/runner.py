@@ -38,7 +38,8 @@ SIGNALS
 
 DIAGNOSTICS
     One ``delivery`` event per attempt (id, to, relay, delay, dsn, status,
-    reply); lifecycle events start, stop, child_exit, child_timeout,
+    reply; and tls, cipher, tls_policy for attempts a child made);
+    lifecycle events start, stop, child_exit, child_timeout,
     database_unavailable.  Exit status 0 after a clean stop, 75 when
     another runner holds the lock, 78 for a bad configuration.
 
@@ -47,7 +48,9 @@ CONFIGURATION PARAMETERS
     destination_concurrency (20), job_size (20), claim_batch (500), lease
     (600 s), backoff_min (300 s), backoff_max (4000 s), max_lifetime (5 d),
     child_timeout (3600 s), grace_period (30 s), flush_interval (0.2 s),
-    scan_interval (5 s); [smtp] and [dns] are passed on to the children.
+    scan_interval (5 s); [smtp], [dns], [mta_sts] and [dkim] are passed on
+    to the children (paths made absolute; key files are read by the
+    children, never by the runner).
 """
 
 from __future__ import annotations
@@ -95,7 +98,23 @@ def sender_config(config: Config) -> SenderConfig:
         rcpt_timeout=smtp.rcpt_timeout, data_init_timeout=smtp.data_init_timeout,
         data_block_timeout=smtp.data_block_timeout, data_done_timeout=smtp.data_done_timeout,
         quit_timeout=smtp.quit_timeout, connection_cache_time=smtp.connection_cache_time,
-        connection_reuse_time=smtp.connection_reuse_time)
+        connection_reuse_time=smtp.connection_reuse_time, tls_policy=dict(smtp.tls_policy),
+        tls_ca_file=_path(config, smtp.tls_ca_file), mta_sts=config.mta_sts.enabled,
+        mta_sts_cache_dir=_path(config, config.mta_sts.cache_dir),
+        mta_sts_port=config.mta_sts.port, mta_sts_timeout=config.mta_sts.timeout,
+        dkim_domains={domain: {"selector": entry["selector"],
+                               "key_file": _path(config, entry["key_file"])}
+                      for domain, entry in config.dkim.domains.items()},
+        dkim_headers=list(config.dkim.headers))
+
+
+def _path(config: Config, value: str) -> str:
+    """A path setting made absolute (relative to the config file); "" stays "".
+
+    The children get paths, never file contents: key material stays in the
+    files, out of protocol lines and logs.
+    """
+    return str(config.base_dir / value) if value else ""
 
 
 def owner_name(run_dir: str) -> str:
@@ -481,7 +500,8 @@ class Runner:
                 raise ProtocolError(f"result for id {reply.id}, which it was not given")
             runner = self.config.runner
             self._record(outcome.from_result(row, reply, time.time(), runner.backoff_min,
-                                             runner.backoff_max))
+                                             runner.backoff_max),
+                         tls=reply.tls, cipher=reply.cipher, tls_policy=reply.tls_policy)
         elif isinstance(reply, Done):
             if not child.busy:
                 raise ProtocolError(f"done line for job {reply.job}, but it had no job")
@@ -539,11 +559,14 @@ class Runner:
 
     # -- results --------------------------------------------------------------
 
-    def _record(self, attempt: Attempt) -> None:
+    def _record(self, attempt: Attempt, **tls: str) -> None:
+        """Log one attempt (with the child's ``tls``, ``cipher``, ``tls_policy``
+        when it made one) and queue it for the next database write."""
         row = attempt.row
         self.log.info("delivery", id=row.id, to=row.recipient, relay=attempt.relay,
                       delay=round(time.time() - row.created_at, 3), dsn=attempt.dsn,
-                      status=attempt.status, attempt=row.attempts + 1, reply=attempt.reply)
+                      status=attempt.status, attempt=row.attempts + 1, reply=attempt.reply,
+                      **tls)
         if not self.results:
             self.first_result_at = time.monotonic()
         self.results.append(attempt)

@@ -35,6 +35,16 @@ def test_shipped_file_loads_to_the_defaults():
     ("[database]\nurl = \"postgres://x/y\"\n", "database.url: must start with"),
     ("[runner]\nbackoff_min = 100\nbackoff_max = 10\n", "backoff_max: must not be below"),
     ("[runner\n", "Expected ']'"),
+    ("[smtp.tls_policy]\n\"example.org\" = \"strict\"\n",
+     "smtp.tls_policy: example.org: 'strict' is not one of none, may, encrypt, verify"),
+    ("[smtp]\ntls_policy = {\"bad_name.org\" = \"verify\"}\n",
+     "smtp.tls_policy: 'bad_name.org' is not a domain name"),
+    ("[smtp]\ntls_policy = \"verify\"\n", "smtp.tls_policy: expected a table, got str"),
+    ("[dkim.domains.\"example.org\"]\nselector = \"s1\"\n",
+     "dkim.domains: example.org: expected a table with selector and key_file"),
+    ("[dkim.domains.\"example.org\"]\nselector = \"s 1\"\nkey_file = \"k\"\n",
+     "dkim.domains: example.org: selector 's 1' is not a DNS label"),
+    ("[dkim]\nheaders = [\"From\", \"Received\"]\n", "dkim.headers: Received must not be signed"),
 ])
 def test_bad_values_are_refused_with_file_key_and_reason(tmp_path, text, message):
     path = tmp_path / "bad.toml"
@@ -75,3 +85,17 @@ def test_config_show_hides_the_database_password(tmp_path):
     path.write_text('[database]\nurl = "mysql://spool:s3cret@db.example/q"\n')
     text = config.render_effective(config.load(path))
     assert "s3cret" not in text and "mysql://spool:***@db.example/q" in text
+
+
+def test_table_settings_take_either_toml_form_and_show_as_loadable_toml(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('[smtp]\ntls_policy = {"Bank.Example" = "verify"}\n'
+                    '[dkim.domains."example.org"]\nselector = "s1"\nkey_file = "keys/s1.key"\n')
+    loaded = config.load(path)
+    assert loaded.smtp.tls_policy == {"bank.example": "verify"}
+    assert loaded.dkim.domains == {"example.org": {"selector": "s1", "key_file": "keys/s1.key"}}
+    shown = tmp_path / "shown.toml"
+    shown.write_text(config.render_effective(loaded))
+    again = config.load(shown)
+    assert (again.smtp.tls_policy, again.dkim.domains) == (loaded.smtp.tls_policy,
+                                                           loaded.dkim.domains)

@@ -6,7 +6,10 @@ any traffic leaving 127.0.0.0/8.  ``World`` is the usual entry point.
 """
 
 from spoold.fakenet.nameserver import DNSServer
+from spoold.fakenet.pki import TestCA
 from spoold.fakenet.sink import Behaviour, Received, Sink, SinkPool
+from spoold.fakenet.web import PolicyServer
 from spoold.fakenet.world import World
 
-__all__ = ["Behaviour", "DNSServer", "Received", "Sink", "SinkPool", "World"]
+__all__ = ["Behaviour", "DNSServer", "PolicyServer", "Received", "Sink", "SinkPool", "TestCA",
+           "World"]

@@ -9,10 +9,12 @@ DESCRIPTION
     benchmark can run dozens.  Each ``Sink`` follows its ``Behaviour``, which
     a test may replace while the sink runs: accept; 421 greeting; greylist
     (450 for each recipient's first N tries); a fixed reply to MAIL, RCPT or
-    the final dot; a delay before each reply; or dropping the connection
-    after the data without answering.  Sinks count what a test checks:
-    messages received (with Message-ID), connections in total, at once and
-    at the peak, and RCPT attempts per address.
+    the final dot; a delay before each reply; dropping the connection after
+    the data without answering; STARTTLS with a given certificate (an
+    ssl.SSLContext, e.g. from fakenet.pki).  Sinks count what a test checks:
+    messages received (with Message-ID and the TLS version they came over),
+    connections in total, at once and at the peak, and RCPT attempts per
+    address.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import asyncio
 import collections
 import email.parser
 import email.policy
+import ssl
 import threading
 import time
 from dataclasses import dataclass, field
@@ -39,6 +42,7 @@ class Behaviour:
     delay: float = 0.0  # seconds before each reply to MAIL, RCPT and the final dot
     drop_in_data: bool = False  # take the data, then close without a reply
     pipelining: bool = True  # advertise PIPELINING (RFC 2920), as real MX hosts do
+    tls_context: ssl.SSLContext | None = None  # offer STARTTLS with this server context
 
 
 @dataclass
@@ -49,12 +53,19 @@ class Received:
     message_id: str | None
     peer: str
     at: float = field(default_factory=time.time)
+    tls: str | None = None  # the TLS version of the session ("TLSv1.3"), None: plaintext
 
 
 def _message_id(data: bytes) -> str | None:
     headers = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(data)
     value = headers.get("Message-ID")
     return value.strip() if value else None
+
+
+def _tls_version(session: Session) -> str | None:
+    if session.ssl is None:
+        return None
+    return session.ssl["ssl_object"].version()
 
 
 class Sink:
@@ -132,7 +143,8 @@ class Sink:
         data = bytes(envelope.original_content or envelope.content or b"")
         with self.lock:
             self.messages.append(Received(envelope.mail_from, list(envelope.rcpt_tos), data,
-                                          _message_id(data), str(session.peer)))
+                                          _message_id(data), str(session.peer),
+                                          tls=_tls_version(session)))
         return f"250 2.0.0 Ok: queued as {len(self.messages)}"
 
 
@@ -142,7 +154,7 @@ class _CountingSMTP(SMTP):
     def __init__(self, sink: Sink):
         super().__init__(sink, hostname=f"sink-{sink.host}", decode_data=False,
                          data_size_limit=50 * 1024 * 1024, enable_SMTPUTF8=True,
-                         ident="spoold fakenet sink")
+                         ident="spoold fakenet sink", tls_context=sink.behaviour.tls_context)
         self.sink = sink
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:

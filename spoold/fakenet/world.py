@@ -5,8 +5,11 @@
 DNSServer, and starts one Sink per MX host on a port shared by all (the
 spooler's smtp.port).  ``add_domain(..., dead_mx_first=True)`` makes the
 preferred MX an address where nothing listens (connection refused), to show
-fallback to the next MX.  The demo, the tests and the benchmarks all build
-their worlds with it.
+fallback to the next MX.  ``add_mta_sts(domain, policy, ca)`` publishes an
+MTA-STS policy: the _mta-sts TXT record, an A record for mta-sts.DOMAIN and
+an HTTPS PolicyServer there on ``https_port`` (one port for the whole world,
+as mta_sts.port is one setting), with a certificate from a fakenet.pki CA.
+The demo, the tests and the benchmarks all build their worlds with it.
 """
 
 from __future__ import annotations
@@ -15,8 +18,10 @@ import errno
 import ipaddress
 import random
 
-from spoold.fakenet.nameserver import DNSServer
+from spoold.fakenet.nameserver import DNSServer, free_tcp_port
+from spoold.fakenet.pki import TestCA
 from spoold.fakenet.sink import Behaviour, Received, Sink, SinkPool
+from spoold.fakenet.web import PolicyServer
 
 FIRST_HOST = ipaddress.IPv4Address("127.0.1.1")
 
@@ -29,6 +34,8 @@ class World:
         self._fixed_port = port is not None
         self._next = FIRST_HOST
         self._sinks: dict[str, list[Sink]] = {}
+        self.policy_servers: list[PolicyServer] = []
+        self.https_port = 0
         self.started = False
 
     @property
@@ -84,6 +91,20 @@ class World:
         self.dns.set(name, kind)
         self._sinks[name] = []
 
+    def add_mta_sts(self, domain: str, policy: str, ca: TestCA,
+                    record_id: str = "1") -> PolicyServer:
+        """Publish ``policy`` (the text of mta-sts.txt) for ``domain`` under ``record_id``."""
+        self.start()
+        address = self._address()
+        self.https_port = self.https_port or free_tcp_port(address)
+        host = f"mta-sts.{domain}"
+        server = PolicyServer(address, self.https_port, ca.server_context(host)).start()
+        server.policies[host] = policy
+        self.policy_servers.append(server)
+        self.dns.set(host, {"A": [address]})
+        self.dns.set(f"_mta-sts.{domain}", {"TXT": [f"v=STSv1; id={record_id};"]})
+        return server
+
     def sinks_for(self, domain: str) -> list[Sink]:
         return self._sinks[domain]
 
@@ -99,6 +120,8 @@ class World:
 
     def stop(self) -> None:
         if self.started:
+            for server in self.policy_servers:
+                server.stop()
             self.pool.stop()
             self.dns.stop()
             self.started = False
