@@ -238,6 +238,31 @@ def test_a_kept_plaintext_connection_is_not_reused_where_tls_is_required(world):
     assert sink.sessions == 3  # the plaintext session was not offered to strict.test
 
 
+def test_a_verified_connection_is_not_reused_for_another_mx_name_at_its_address(world, ca):
+    from sender.client import SessionCache, deliver
+    from sender.protocol import Job, Message, Recipient
+    from sender.tlspolicy import Policies
+
+    context = ca.server_context("mx1.good.test")
+    sink = world.add_domain("good.test", Behaviour(tls_context=context))[0]
+    world.dns.set("other.test", {"MX": [(10, "mx.other.test")]})
+    world.dns.set("mx.other.test", {"A": [sink.host]})  # same server, a name its cert lacks
+    config = SenderConfig(port=world.port, dns_nameservers=world.nameservers,
+                          dns_port=world.dns.port, tls="verify", tls_ca_file=str(ca.ca_file),
+                          connection_cache_time=30)
+    resolver, cache = MxResolver(config), SessionCache(config)
+    policies, results = Policies(config, resolver), []
+    for number, domain in enumerate(("good.test", "other.test")):
+        job = Job(number, domain, [Message("a@sender.test", b"Subject: x\r\n\r\nx\r\n",
+                                           [Recipient(number, f"x@{domain}")])])
+        deliver(job, config, resolver, results.append, cache, policies.for_domain(domain))
+    cache.close()
+
+    assert [(r.status, r.dsn) for r in results] == [("sent", "2.0.0"), ("deferred", "4.7.5")]
+    assert "Hostname mismatch" in results[1].reply  # a session of its own, checked for its name
+    assert len(sink.messages) == 1
+
+
 # --- MTA-STS --------------------------------------------------------------------------
 
 
