@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import wait_for
+from conftest import log_events, wait_for
 
 import spoold
 from spoold.fakenet import Behaviour
@@ -32,18 +32,6 @@ from spoold.store.queue import RUNNER_FIGURES
 def _send(spool, *recipients: str) -> None:
     spoold.enqueue(sender="ops@spoold.test", recipients=list(recipients), subject="s",
                    body="b\n", config=spool.config)
-
-
-def _events(lines, name: str) -> list[dict]:
-    out = []
-    for line in lines:
-        try:
-            event = json.loads(line)
-        except ValueError:
-            continue
-        if event.get("event") == name:
-            out.append(event)
-    return out
 
 
 class NotifySocket:
@@ -138,16 +126,16 @@ def test_sighup_lets_the_job_in_hand_finish(world, spool):
     text = spool.config_path.read_text()
     spool.config_path.write_text(text.replace("max_children = 8", "max_children = 3"))
     proc.send_signal(signal.SIGHUP)
-    wait_for(lambda: _events(spool.log_lines(), "reloaded"), what="reloaded")
+    wait_for(lambda: log_events(spool.log_lines(), "reloaded"), what="reloaded")
     assert spool.counts()["active"] == 1, "the reload must not touch the job in hand"
     spool.wait_settled()
-    deliveries = _events(spool.log_lines(), "delivery")
+    deliveries = log_events(spool.log_lines(), "delivery")
     assert [(d["to"], d["status"], d["attempt"]) for d in deliveries] == \
         [("a@slow.test", "sent", 1)]
     assert len(world.sinks_for("slow.test")[0].messages) == 1
     # its child finished the job, then retired: the next ones start with the new settings
-    wait_for(lambda: _events(spool.log_lines(), "child_exit"), what="the old child's exit")
-    (exit_event,) = _events(spool.log_lines(), "child_exit")
+    wait_for(lambda: log_events(spool.log_lines(), "child_exit"), what="the old child's exit")
+    (exit_event,) = log_events(spool.log_lines(), "child_exit")
     assert exit_event["jobs"] == 1 and exit_event["status"] == "exit 0"
     _send(spool, "b@slow.test")
     spool.wait_settled()
@@ -166,12 +154,12 @@ def test_sigusr1_reopens_the_log_file_after_a_rename(world, spool_factory, tmp_p
     wait_for(lambda: log.exists() and '"log_reopened"' in log.read_text(), what="reopen")
     _send(spool, "second@ok.test")
     wait_for(lambda: "second@ok.test" in log.read_text(), what="second")
-    old = _events((tmp_path / "spoold.log.1").read_text().splitlines(), "delivery")
-    new = _events(log.read_text().splitlines(), "delivery")
+    old = log_events((tmp_path / "spoold.log.1").read_text().splitlines(), "delivery")
+    new = log_events(log.read_text().splitlines(), "delivery")
     assert [e["to"] for e in old] == ["first@ok.test"]
     assert [e["to"] for e in new] == ["second@ok.test"]
     assert all("timestamp" in e for e in old + new), "a file is not the journal: stamp it"
-    assert not _events(spool.log_lines(), "delivery"), "events go to the file, not stderr"
+    assert not log_events(spool.log_lines(), "delivery"), "events go to the file, not stderr"
     assert proc.poll() is None
 
 
