@@ -212,6 +212,10 @@ SETTINGS: tuple[Setting, ...] = (
             "json when started by systemd, kv otherwise.", choices=("auto", "kv", "json")),
     Setting("log", "level", "str", "info",
             "Least severe level logged.", choices=("debug", "info", "warning", "error")),
+    Setting("log", "file", "str", "",
+            "Where spoold run writes its events: a file (relative to this file's directory),\n"
+            "appended to and reopened on SIGUSR1 for logrotate.  Empty means stderr (the\n"
+            "journal under systemd).  Other commands always log to stderr."),
 )
 
 _BY_SECTION: dict[str, dict[str, Setting]] = {}

@@ -3,8 +3,14 @@
 One event per delivery attempt (the runner's ``delivery`` event: queue id,
 to, relay, delay, dsn, status, reply, as in Postfix's maillog line) plus the
 runner's lifecycle events.  ``format = auto`` picks JSON when systemd started
-the process (JOURNAL_STREAM or INVOCATION_ID is set).  Logs go to stderr;
-message bodies and database passwords never reach them.
+the process (JOURNAL_STREAM or INVOCATION_ID is set).  When stderr is the
+journal itself (JOURNAL_STREAM names its device and inode, systemd.exec(5))
+events carry no timestamp: journald stamps every entry already.
+
+Events go to stderr, or for ``spoold run`` to ``[log] file`` when set: a
+file opened for appending and reopened on SIGUSR1 (``reopen()``), so that
+logrotate can move it away and signal the runner (docs/OPERATIONS.md).
+Message bodies and database passwords never reach the log.
 """
 
 from __future__ import annotations
@@ -12,8 +18,46 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from pathlib import Path
+from typing import IO, Any
 
 import structlog
+
+from spoold.errors import ConfigError
+
+
+class LogFile:
+    """An append-only log file whose handle can be swapped for a fresh one.
+
+    Loggers keep this object, not the handle, so a reopen reaches all of them.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.stream = self._open()
+
+    def _open(self) -> IO[str]:
+        return open(self.path, "a", buffering=1, encoding="utf-8")
+
+    def write(self, text: str) -> int:
+        return self.stream.write(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def fileno(self) -> int:
+        return self.stream.fileno()
+
+    def reopen(self) -> None:
+        fresh = self._open()
+        self.stream, stale = fresh, self.stream
+        stale.close()
+
+    def close(self) -> None:
+        self.stream.close()
+
+
+_target: IO[str] | LogFile = sys.stderr
 
 
 def _json_wanted(fmt: str) -> bool:
@@ -22,21 +66,60 @@ def _json_wanted(fmt: str) -> bool:
     return fmt == "json"
 
 
-def configure(fmt: str = "auto", level: str = "info") -> None:
+def writes_to_journal(stream: Any) -> bool:
+    """Whether ``stream`` is the journal stream systemd connected (JOURNAL_STREAM=dev:inode)."""
+    expected = os.environ.get("JOURNAL_STREAM", "")
+    try:
+        stat = os.fstat(stream.fileno())
+    except (OSError, ValueError, AttributeError):
+        return False
+    return expected == f"{stat.st_dev}:{stat.st_ino}"
+
+
+def log_file(config: Any) -> Path | None:
+    """``[log] file`` as a path (relative to the settings file's directory), or None."""
+    if not config.log.file:
+        return None
+    return config.base_dir / config.log.file
+
+
+def configure(fmt: str = "auto", level: str = "info", file: Path | None = None) -> None:
+    """Set up structlog; events go to ``file`` (appending) or, without one, stderr."""
+    global _target
+    target: IO[str] | LogFile = sys.stderr
+    if file is not None:
+        try:
+            target = LogFile(file)
+        except OSError as exc:
+            raise ConfigError(f"log.file: {file}: {exc.strerror}") from None
+    if isinstance(_target, LogFile):
+        _target.close()
+    _target = target
     renderer = (structlog.processors.JSONRenderer() if _json_wanted(fmt)
                 else structlog.processors.LogfmtRenderer(key_order=["timestamp", "level", "event"],
                                                           bool_as_flag=False))
+    stamp = [] if writes_to_journal(target) else [structlog.processors.TimeStamper(fmt="iso",
+                                                                                  utc=False)]
     structlog.configure(
-        processors=[
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=False),
-            renderer,
-        ],
+        processors=[structlog.processors.add_log_level, *stamp, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(target),
         cache_logger_on_first_use=False,
     )
+
+
+def reopen() -> None:
+    """SIGUSR1: reopen the log file (a no-op when logging to stderr); logs the outcome."""
+    if not isinstance(_target, LogFile):
+        return
+    try:
+        _target.reopen()
+    except OSError as exc:
+        get_logger().error("log_reopen_failed", path=str(_target.path), error=exc.strerror,
+                           action="still writing to the old file")
+        return
+    get_logger().info("log_reopened", path=str(_target.path))
 
 
 def get_logger(**context: object) -> structlog.typing.FilteringBoundLogger:

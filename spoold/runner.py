@@ -32,9 +32,18 @@ SIGNALS
     SIGTERM, SIGINT  stop claiming, give back unstarted rows, let jobs in
                      hand finish for up to grace_period, kill the rest (their
                      rows are deferred), write all results, exit 0.
-    SIGHUP           re-read the configuration; children start over with it.
+    SIGHUP           re-read the configuration (logging included); jobs in hand
+                     finish with the old one, then their children retire.
+    SIGUSR1          reopen [log] file (after logrotate moved it).
     SIGCHLD          reap children; rows a dead child had not answered are
                      deferred with dsn 4.3.0 (nothing is lost).
+
+SERVICE MANAGER
+    Under systemd Type=notify (spoold/notify.py): READY=1 once the lock is
+    held, WATCHDOG=1 from the main loop, STOPPING=1 on SIGTERM, STATUS=
+    with the figures below.  Every few seconds the runner's heartbeat row
+    records children busy and alive, backlog, results waiting, and counters
+    since start (spoold/stats.py) for ``spoold status`` and the web UI.
 
 DIAGNOSTICS
     One ``delivery`` event per attempt (id, to, relay, delay, dsn, status,
@@ -70,12 +79,16 @@ from spoold import outcome
 from spoold.config import Config
 from spoold.errors import ConfigError, StoreUnavailable
 from spoold.lock import RunLock
-from spoold.log import get_logger
+from spoold.log import configure as configure_log
+from spoold.log import get_logger, log_file
+from spoold.log import reopen as reopen_log
+from spoold.notify import ServiceNotifier
 from spoold.poke import PokeSocket
 from spoold.pool import Child, Pool, describe_status
+from spoold.stats import RunnerStats
 from spoold.store import Attempt, QueueRow, Store, store_for
 
-_HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
+_HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, signal.SIGUSR1)
 _FLUSH_BATCH = 256
 _HEARTBEAT = 5.0
 _RECOVER = 10.0
@@ -152,6 +165,8 @@ class Runner:
         self.started_at = time.time()
         self.selector = selectors.DefaultSelector()
         self.store: Store | None = None
+        self.stats = RunnerStats()
+        self.notifier = ServiceNotifier()
 
     # -- life cycle -----------------------------------------------------------
 
@@ -170,6 +185,7 @@ class Runner:
             self.log.info("start", pid=os.getpid(), owner=self.owner, drain=self.drain,
                           max_children=self.config.runner.max_children,
                           max_use=self.config.runner.max_use)
+            self.notifier.ready(self._status_line())
             self._loop()
             self._shutdown()
             self.log.info("stop", pid=os.getpid())
@@ -202,6 +218,7 @@ class Runner:
     def _loop(self) -> None:
         while True:
             now = time.monotonic()
+            self.timers["watchdog"] = self.notifier.tick(now, self._status_line)
             if self.stopping and (not self.pool.busy_count() or now >= self.stop_deadline):
                 return
             if now >= self.db_retry_at:
@@ -282,6 +299,8 @@ class Runner:
                 self.handle_hup()
             elif signum == signal.SIGCHLD:
                 self.handle_chld()
+            elif signum == signal.SIGUSR1:
+                reopen_log()
 
     def handle_stop(self, why: str) -> None:
         if self.stopping:
@@ -290,6 +309,7 @@ class Runner:
                       grace=self.config.runner.grace_period)
         self.stopping = True
         self.stop_deadline = time.monotonic() + self.config.runner.grace_period
+        self.notifier.stopping(f"stopping: {self.pool.busy_count()} jobs in hand")
         unstarted = [row.id for rows in self.backlog.values() for row in rows]
         self.backlog.clear()
         self.backlog_rows = 0
@@ -305,11 +325,15 @@ class Runner:
                 self._retire(child)
 
     def handle_hup(self) -> None:
+        self.notifier.reloading()
         try:
             new = config_mod.load(self.config.path)
+            configure_log(new.log.format, new.log.level, log_file(new))
         except ConfigError as exc:
             self.log.error("reload_failed", error=str(exc), action="keeping the old settings")
+            self.notifier.ready(self._status_line())
             return
+        self.log = get_logger()
         for section, key in (("database", "url"), ("runner", "run_dir")):
             if new.value(section, key) != self.config.value(section, key):
                 self.log.warning("reload_needs_restart", setting=f"{section}.{key}")
@@ -320,6 +344,7 @@ class Runner:
             if not child.busy:
                 self._retire(child)
         self.log.info("reloaded", path=str(new.path))
+        self.notifier.ready(self._status_line())
 
     def handle_chld(self) -> None:
         for child, status in self.pool.reap():
@@ -346,11 +371,13 @@ class Runner:
         room = self._claim_room()
         if not room:
             return
-        wall = time.time()
+        started, wall = time.monotonic(), time.time()
         self.last_claim = now
         rows = self.store.claim(self.owner, room, wall + runner.lease, wall)
         missing = {r.message_id for r in rows} - self.bodies.keys()
         self.bodies.update(self.store.bodies(missing))
+        done = time.monotonic()
+        self.stats.claimed_rows(rows, done - started, done)
         for row in rows:
             if row.expires_at <= wall:
                 self._record(outcome.expired_unsent(row))
@@ -378,7 +405,9 @@ class Runner:
             self.timers["recover"] = now + _RECOVER
         if now >= self.timers["heartbeat"]:
             self.store.heartbeat(self.owner, socket.gethostname(), os.getpid(), self.started_at,
-                                 len(self.pool), runner.max_children)
+                                 len(self.pool), runner.max_children,
+                                 self.stats.figures(self.pool.busy_count(), self.backlog_rows,
+                                                    len(self.results)))
             self.timers["heartbeat"] = now + _HEARTBEAT
 
     # -- dispatching ----------------------------------------------------------
@@ -454,6 +483,7 @@ class Runner:
         self.pool.assign(child, domain)
         child.pending = {row.id: row for row in rows}
         child.last_heard = time.monotonic()
+        self.stats.dispatched(rows, child.last_heard)
         self.active[domain] += 1
         self._feed(child)
 
@@ -570,14 +600,21 @@ class Runner:
         if not self.results:
             self.first_result_at = time.monotonic()
         self.results.append(attempt)
+        self.stats.recorded(attempt.status)
 
     def _flush(self) -> None:
         batch, self.results = self.results, []
+        started = time.monotonic()
         try:
             self.store.record(batch, self.owner)
         except BaseException:
             self.results = batch + self.results
             raise
+        self.stats.wrote(time.monotonic() - started)
+
+    def _status_line(self) -> str:
+        return self.stats.status_line(self.pool.busy_count(), len(self.pool),
+                                      self.config.runner.max_children, self.backlog_rows)
 
     # -- stopping -------------------------------------------------------------
 

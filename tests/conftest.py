@@ -9,6 +9,7 @@ points the whole delivery path at them and runs ``spoold`` as a subprocess.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -113,6 +114,19 @@ def wait_for(predicate, timeout: float = 20.0, what: str = "condition", every: f
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(every)
+
+
+def log_events(lines, name: str) -> list[dict]:
+    """The JSON log events called ``name`` among ``lines`` (other lines are skipped)."""
+    events = []
+    for line in lines:
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if event.get("event") == name:
+            events.append(event)
+    return events
 
 
 class Spool:

@@ -11,7 +11,7 @@ import pytest
 
 import sender
 
-from conftest import wait_for
+from conftest import log_events, wait_for
 
 from spoold.fakenet import Behaviour
 
@@ -37,15 +37,7 @@ def _statuses(spool):
 
 
 def _events(spool, name="delivery"):
-    events = []
-    for line in spool.log_lines():
-        try:
-            event = json.loads(line)
-        except ValueError:
-            continue
-        if event.get("event") == name:
-            events.append(event)
-    return events
+    return log_events(spool.log_lines(), name)
 
 
 def _received(world):

@@ -12,12 +12,15 @@ import argparse
 
 from spoold import config as config_mod
 from spoold.config import Config
+from spoold.log import configure as configure_log
+from spoold.log import log_file
 from spoold.store import open_store
 
 
 def cmd_run(args: argparse.Namespace, config: Config) -> int:
     from spoold.runner import Runner
 
+    configure_log(config.log.format, config.log.level, log_file(config))
     return Runner(config, drain=args.drain).run()
 
 

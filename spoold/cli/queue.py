@@ -1,7 +1,7 @@
 """Commands on the queue: enqueue, mailq-style listing, status, operator verbs, log.
 
     spoold enqueue ...          queue a message (like sendmail)
-    spoold queue | status | log
+    spoold queue | status | log [--follow]
     spoold hold|release|requeue|delete ID... | --all | --domain D
     spoold flush
     spoold suppression list|remove ADDRESS
@@ -20,6 +20,7 @@ import psutil
 
 import sender
 from spoold.cli.common import Handler, print_table, when, with_store
+from spoold.cli.follow import follow
 from spoold.config import Config
 from spoold.enqueue import enqueue
 from spoold.errors import MessageError, SpooldError
@@ -86,9 +87,7 @@ def cmd_status(args: argparse.Namespace, config: Config, store: Store) -> int:
     else:
         print(f"runner: not running (run dir {config.runner.run_dir})")
     for runner in store.runners():
-        age = time.time() - runner["heartbeat_at"]
-        print(f"  {runner['owner']}: pid {runner['pid']}, children {runner['children']}/"
-              f"{runner['max_children']}, heartbeat {age:.0f}s ago")
+        _print_runner(runner)
     counts = store.state_counts()
     print("queue: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     since = time.time() - 86400
@@ -96,6 +95,25 @@ def cmd_status(args: argparse.Namespace, config: Config, store: Store) -> int:
     print("last 24h: " + ", ".join(f"{k} {done.get(k, 0)}"
                                    for k in ("sent", "deferred", "bounced", "expired", "deleted")))
     return 0 if pid else 3
+
+
+def _average(count: int, seconds: float) -> str:
+    return f"{count} (avg {seconds / count * 1000:.1f} ms)" if count else "0"
+
+
+def _print_runner(r: dict[str, Any]) -> None:
+    """One runner's heartbeat row: its children, backlog and counters since it started."""
+    age = time.time() - r["heartbeat_at"]
+    up = datetime.timedelta(seconds=int(r["heartbeat_at"] - r["started_at"]))
+    print(f"  {r['owner']}: pid {r['pid']}, heartbeat {age:.0f}s ago, up {up}")
+    print(f"    children {r['busy_children']} busy, {r['children']} alive, "
+          f"{r['max_children']} max; backlog {r['backlog']} rows, "
+          f"results waiting {r['results_waiting']}")
+    print(f"    since start: sent {r['sent']}, deferred {r['deferred']}, "
+          f"bounced {r['bounced']}, expired {r['expired']}")
+    print(f"    claims {_average(r['claims'], r['claim_seconds'])} for {r['claimed']} rows; "
+          f"dispatch wait {_average(r['dispatched'], r['dispatch_seconds'])}; "
+          f"writes {_average(r['writes'], r['write_seconds'])}")
 
 
 def _targets(args: argparse.Namespace) -> dict[str, Any]:
@@ -124,13 +142,21 @@ def cmd_flush(args: argparse.Namespace, config: Config, store: Store) -> int:
     return 0
 
 
+_LOG_COLUMNS = ("time", "id", "to", "status", "dsn", "relay", "delay", "reply")
+
+
+def _log_cells(r: dict[str, Any]) -> tuple[Any, ...]:
+    return (when(r["at"]), r["notify_id"], r["recipient"], r["status"], r["dsn"] or "-",
+            r["relay"] or "-", f"{r['delay']:.1f}", (r["reply"] or "")[:80])
+
+
 @with_store
 def cmd_log(args: argparse.Namespace, config: Config, store: Store) -> int:
+    if args.follow:
+        return follow(store, args.to, args.limit, args.interval,
+                      lambda r: "  ".join(map(str, _log_cells(r))))
     rows = store.deliveries(recipient=args.to, limit=args.limit)
-    print_table(("time", "id", "to", "status", "dsn", "relay", "delay", "reply"),
-                 [(when(r["at"]), r["notify_id"], r["recipient"], r["status"], r["dsn"],
-                   r["relay"], f"{r['delay']:.1f}", (r["reply"] or "")[:80])
-                  for r in reversed(rows)])
+    print_table(_LOG_COLUMNS, [_log_cells(r) for r in reversed(rows)])
     return 0
 
 
@@ -189,7 +215,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("log", help="recent delivery attempts")
     p.add_argument("--to", help="only this recipient")
-    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--limit", type=int, default=50, help="how many recent attempts to show")
+    p.add_argument("-f", "--follow", action="store_true",
+                   help="then print new attempts as they are logged, until Ctrl-C")
+    p.add_argument("--interval", type=float, default=1.0, metavar="SECONDS",
+                   help="with --follow: how often to look for new attempts (default 1)")
     p.set_defaults(handler=cmd_log)
 
     p = sub.add_parser("suppression", help="addresses never mailed again")

@@ -59,15 +59,26 @@ class AdminOps(QueueOps):
                 cur, "SELECT domain, state, COUNT(*) FROM notify GROUP BY domain, state "
                      "ORDER BY domain, state").fetchall()]
 
+    _DELIVERY = ("id", "notify_id", "recipient", "status", "code", "dsn", "reply", "relay",
+                 "delay", "attempt", "at")
+
     def deliveries(self, recipient: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        """The latest attempts, newest first."""
         where, params = ("", []) if recipient is None else (" WHERE recipient = ?", [recipient])
         with self.transaction(write=False) as cur:
-            rows = self.execute(cur, "SELECT notify_id, recipient, status, code, dsn, reply, "
-                                     f"relay, delay, attempt, at FROM delivery{where} "
+            rows = self.execute(cur, f"SELECT {', '.join(self._DELIVERY)} FROM delivery{where} "
                                      "ORDER BY id DESC LIMIT ?", [*params, limit]).fetchall()
-        names = ("notify_id", "recipient", "status", "code", "dsn", "reply", "relay", "delay",
-                 "attempt", "at")
-        return [dict(zip(names, row)) for row in rows]
+        return [dict(zip(self._DELIVERY, row)) for row in rows]
+
+    def deliveries_after(self, after_id: int, recipient: str | None = None,
+                         limit: int = 1000) -> list[dict[str, Any]]:
+        """Attempts with an id above ``after_id``, oldest first (``spoold log --follow``)."""
+        where, params = ("", []) if recipient is None else (" AND recipient = ?", [recipient])
+        with self.transaction(write=False) as cur:
+            rows = self.execute(cur, f"SELECT {', '.join(self._DELIVERY)} FROM delivery "
+                                     f"WHERE id > ?{where} ORDER BY id LIMIT ?",
+                                [after_id, *params, limit]).fetchall()
+        return [dict(zip(self._DELIVERY, row)) for row in rows]
 
     # -- operator actions -----------------------------------------------------
 

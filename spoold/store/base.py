@@ -42,6 +42,7 @@ class QueueRow:
     last_code: int | None = None
     last_dsn: str | None = None
     last_reply: str | None = None
+    claimed_at: float = 0.0  # runner's monotonic clock when claimed (stats.py)
 
 
 @dataclass

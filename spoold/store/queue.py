@@ -7,17 +7,26 @@ The rules the queue relies on live here:
 - a final outcome (sent, bounced, expired, deleted) inserts its delivery row
   and deletes the queue row in one transaction, in batches (``record``);
 - rows whose lease ran out come back as ``queued`` (``recover_expired``).
-Runners also keep a heartbeat row here, for ``spoold status``.
+Runners also keep a heartbeat row here, for ``spoold status`` and the web
+UI: pid, children, and the figures of spoold/stats.py (RUNNER_FIGURES).
 """
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from spoold.store.base import (_ROW_COLUMNS, FINAL, PRIORITIES, Attempt, Backend, QueueRow,
                                _chunks, _marks)
+
+#: Heartbeat columns beyond pid and children (schema migration 2): gauges of the
+#: moment, then counters and latency sums since started_at, then the latency
+#: histograms' cumulative bucket counts as JSON (spoold/stats.py).
+RUNNER_FIGURES = ("busy_children", "backlog", "results_waiting", "sent", "deferred", "bounced",
+                  "expired", "claims", "claim_seconds", "claimed", "dispatched",
+                  "dispatch_seconds", "writes", "write_seconds", "latency_buckets")
 
 
 class QueueOps(Backend):
@@ -185,27 +194,35 @@ class QueueOps(Backend):
     # -- runners --------------------------------------------------------------
 
     def heartbeat(self, owner: str, host: str, pid: int, started_at: float,
-                  children: int, max_children: int) -> None:
-        now = time.time()
+                  children: int, max_children: int,
+                  figures: Mapping[str, Any] | None = None) -> None:
+        """Create or refresh this runner's row; ``figures`` fills RUNNER_FIGURES."""
+        values = {"host": host, "pid": pid, "started_at": started_at,
+                  "heartbeat_at": time.time(), "children": children,
+                  "max_children": max_children}
+        if figures is not None:
+            values.update((name, figures[name]) for name in RUNNER_FIGURES)
+        names = list(values)
+        params = [values[name] for name in names]
         with self.transaction() as cur:
-            if self.execute(cur, "UPDATE runner SET host = ?, pid = ?, started_at = ?, "
-                                 "heartbeat_at = ?, children = ?, max_children = ? "
-                                 "WHERE owner = ?",
-                            (host, pid, started_at, now, children, max_children,
-                             owner)).rowcount == 0:
-                self.execute(cur, "INSERT INTO runner (owner, host, pid, started_at, "
-                                  "heartbeat_at, children, max_children) "
-                                  "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                             (owner, host, pid, started_at, now, children, max_children))
+            assignments = ", ".join(f"{name} = ?" for name in names)
+            if self.execute(cur, f"UPDATE runner SET {assignments} WHERE owner = ?",
+                            [*params, owner]).rowcount == 0:
+                self.execute(cur, f"INSERT INTO runner (owner, {', '.join(names)}) "
+                                  f"VALUES (?, {_marks(names)})", [owner, *params])
 
     def forget_runner(self, owner: str) -> None:
         with self.transaction() as cur:
             self.execute(cur, "DELETE FROM runner WHERE owner = ?", (owner,))
 
     def runners(self) -> list[dict[str, Any]]:
+        """Every runner's heartbeat row; ``latency_buckets`` decoded from its JSON."""
+        names = ("owner", "host", "pid", "started_at", "heartbeat_at", "children",
+                 "max_children", *RUNNER_FIGURES)
         with self.transaction(write=False) as cur:
-            rows = self.execute(cur, "SELECT owner, host, pid, started_at, heartbeat_at, "
-                                     "children, max_children FROM runner ORDER BY owner")
-            names = ("owner", "host", "pid", "started_at", "heartbeat_at", "children",
-                     "max_children")
-            return [dict(zip(names, row)) for row in rows.fetchall()]
+            rows = self.execute(cur, f"SELECT {', '.join(names)} FROM runner "
+                                     "ORDER BY owner").fetchall()
+        out = [dict(zip(names, row)) for row in rows]
+        for runner in out:
+            runner["latency_buckets"] = json.loads(runner["latency_buckets"] or "{}")
+        return out

@@ -11,7 +11,9 @@ Tables
     notify       the queue: one row per recipient (state queued/active/held)
     delivery     the log: one row per attempt (sent/deferred/bounced/expired/deleted)
     suppression  addresses never to mail again, with the reply that caused it
-    runner       one row per running queue runner: pid, heartbeat, children
+    runner       one row per running queue runner: pid, heartbeat, children busy and
+                 alive, backlog, counters and latency sums since it started
+                 (spoold/stats.py)
 """
 
 MIGRATIONS: list[list[str]] = [
@@ -80,6 +82,25 @@ MIGRATIONS: list[list[str]] = [
             children INTEGER NOT NULL,
             max_children INTEGER NOT NULL
         ){table}""",
+    ],
+    [
+        # The runner's figures for spoold status and /metrics (spoold/stats.py):
+        # gauges of the moment, then counters since started_at.
+        "ALTER TABLE runner ADD COLUMN busy_children INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE runner ADD COLUMN backlog INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE runner ADD COLUMN results_waiting INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE runner ADD COLUMN sent BIGINT NOT NULL DEFAULT 0",
+        "ALTER TABLE runner ADD COLUMN deferred BIGINT NOT NULL DEFAULT 0",
+        "ALTER TABLE runner ADD COLUMN bounced BIGINT NOT NULL DEFAULT 0",
+        "ALTER TABLE runner ADD COLUMN expired BIGINT NOT NULL DEFAULT 0",
+        "ALTER TABLE runner ADD COLUMN claims BIGINT NOT NULL DEFAULT 0",
+        "ALTER TABLE runner ADD COLUMN claim_seconds {real} NOT NULL DEFAULT 0",
+        "ALTER TABLE runner ADD COLUMN claimed BIGINT NOT NULL DEFAULT 0",
+        "ALTER TABLE runner ADD COLUMN dispatched BIGINT NOT NULL DEFAULT 0",
+        "ALTER TABLE runner ADD COLUMN dispatch_seconds {real} NOT NULL DEFAULT 0",
+        "ALTER TABLE runner ADD COLUMN writes BIGINT NOT NULL DEFAULT 0",
+        "ALTER TABLE runner ADD COLUMN write_seconds {real} NOT NULL DEFAULT 0",
+        "ALTER TABLE runner ADD COLUMN latency_buckets {text}",
     ],
 ]
 
