@@ -52,3 +52,9 @@ class NotFound(SpooldError):
     """A queue id or other named object does not exist."""
 
     exit_status = 67  # EX_NOUSER
+
+
+class ReportError(SpooldError):
+    """A bounce or feedback report names no recipient in any form spoold reads."""
+
+    exit_status = 65  # EX_DATAERR
