@@ -64,6 +64,7 @@ from sender.protocol import (Job, Message, ProtocolError, Recipient, Result, Sen
                              decode_reply, encode_job)
 from spoold import config as config_mod
 from spoold import outcome
+from spoold.bounces import verp
 from spoold.config import Config
 from spoold.errors import ConfigError, StoreUnavailable
 from spoold.lock import RunLock
@@ -392,11 +393,13 @@ class Runner:
             del self.backlog[domain]
         else:
             self.backlog.move_to_end(domain)
-        messages: dict[int, Message] = {}
+        messages: dict[tuple[int, str], Message] = {}
         for row in rows:
-            if row.message_id not in messages:
-                messages[row.message_id] = Message(row.sender, self.bodies[row.message_id], [])
-            messages[row.message_id].recipients.append(Recipient(row.id, row.recipient))
+            mail_from = verp.envelope_sender(row.sender, row.id, self.config.bounces)
+            key = (row.message_id, mail_from)  # with VERP, one transaction per row
+            if key not in messages:
+                messages[key] = Message(mail_from, self.bodies[row.message_id], [])
+            messages[key].recipients.append(Recipient(row.id, row.recipient))
             self._unref_body(row.message_id)
         self.job_ids += 1
         child.outbuf += encode_job(Job(self.job_ids, domain, list(messages.values())))

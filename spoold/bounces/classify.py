@@ -158,6 +158,8 @@ _PHRASES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
         r"all relevant mx records point to", r"domain (name )?(has )?no (mx|address)",
         r"host not found", r"domain .* does not exist", r"unknown (mail )?domain",
         r"no such (host|domain)", r"domain (is )?not reachable",
+        r"(couldn't|could not|can't|cannot|unable to) find (any host|a mail exchanger)",
+        r"illegal (host|domain)",
         r"\b[a-z0-9-]+(\.[a-z0-9-]+)*\.[a-z]{2,} (does not|doesn't) exist",
         r"not (a )?(known|valid|registered) domain",
         r"domain isn't in my list of allowed rcpthosts", r"not in my list of allowed rcpthosts",
@@ -215,7 +217,7 @@ _BY_CODE = {
     "5.1.1": (HARD, "userunknown"), "5.1.2": (HARD, "hostunknown"),
     "5.1.3": (HARD, "userunknown"), "5.1.4": (HARD, "userunknown"),
     "5.1.6": (HARD, "hasmoved"), "5.1.10": (HARD, "notaccept"),
-    "5.2.1": (HARD, "userunknown"), "5.4.4": (HARD, "hostunknown"),
+    "5.2.1": (HARD, "userunknown"),
     "5.1.7": (POLICY, "rejected"), "5.1.8": (POLICY, "rejected"),  # our sender
     "5.2.2": (SOFT, "mailboxfull"), "5.2.3": (SOFT, "mesgtoobig"),
     "5.3.4": (SOFT, "mesgtoobig"), "5.4.6": (SOFT, "networkerror"),
