@@ -14,6 +14,7 @@ environment variable, /etc/spoold/spoold.toml.  A missing default file means
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import socket
@@ -60,6 +61,25 @@ def _local_part(value: str) -> str | None:
     if not re.fullmatch(r"[A-Za-z0-9._-]+", value):
         return "must be letters, digits, dots, dashes or underscores"
     return None
+
+
+def _users(value: list[str]) -> str | None:
+    for entry in value:
+        name, _, hashed = entry.partition(":")
+        if not name or not hashed.startswith("scrypt$"):
+            return (f"{entry[:20]!r}: expected NAME:HASH with a HASH from "
+                    "spoold submission hash-password")
+    return None
+
+
+def submission_needs_auth(settings: SimpleNamespace) -> bool:
+    """AUTH before MAIL: when asked to, or when listening on a non-loopback address."""
+    if settings.require_auth:
+        return True
+    try:
+        return not ipaddress.ip_address(settings.listen_address).is_loopback
+    except ValueError:
+        return settings.listen_address != "localhost"
 
 
 SETTINGS: tuple[Setting, ...] = (
@@ -175,7 +195,7 @@ SETTINGS: tuple[Setting, ...] = (
             "Require AUTH (PLAIN or LOGIN, over STARTTLS) even on a loopback address."),
     Setting("submission", "users", "list", [],
             "Who may submit with AUTH: \"name:HASH\" entries, HASH from\n"
-            "spoold submission hash-password."),
+            "spoold submission hash-password.", check=_users),
     Setting("submission", "tls_cert", "str", "",
             "PEM certificate chain for STARTTLS (needed when AUTH is required)."),
     Setting("submission", "tls_key", "str", "",
@@ -279,6 +299,11 @@ def build(data: dict[str, Any], path: Path | None = None) -> Config:
         raise ConfigError(f"{where}: bounces.secret: required with bounces.domain "
                           "(the VERP addresses are signed with it)")
     namespaces = {name: SimpleNamespace(**values) for name, values in sections.items()}
+    submission = namespaces["submission"]
+    if submission.listen_port and submission_needs_auth(submission) and not (
+            submission.tls_cert and submission.tls_key and submission.users):
+        raise ConfigError(f"{where}: submission: AUTH is required on {submission.listen_address}"
+                          " (not loopback, or require_auth): set tls_cert, tls_key and users")
     return Config(path=path, **namespaces)
 
 

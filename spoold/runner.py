@@ -28,13 +28,21 @@ DESCRIPTION
     With --drain it delivers everything due and exits when nothing more is
     due (cron mode); rows deferred to a later time stay queued.
 
+    Unless draining, it also runs the configured SMTP listeners -- the
+    bounce receiver (spoold/bounces/receiver.py) and the submission listener
+    (spoold/submission.py) -- each as a supervised child process with its own
+    database connection (spoold/listeners.py: restarted with a growing delay
+    when it dies, not restarted after a configuration error, restarted on
+    SIGHUP, stopped with the runner), like Postfix's master beside qmgr.
+
 SIGNALS
     SIGTERM, SIGINT  stop claiming, give back unstarted rows, let jobs in
                      hand finish for up to grace_period, kill the rest (their
                      rows are deferred), write all results, exit 0.
     SIGHUP           re-read the configuration; children start over with it.
     SIGCHLD          reap children; rows a dead child had not answered are
-                     deferred with dsn 4.3.0 (nothing is lost).
+                     deferred with dsn 4.3.0 (nothing is lost); a dead
+                     listener is started again.
 
 DIAGNOSTICS
     One ``delivery`` event per attempt (id, to, relay, delay, dsn, status,
@@ -47,7 +55,9 @@ CONFIGURATION PARAMETERS
     destination_concurrency (20), job_size (20), claim_batch (500), lease
     (600 s), backoff_min (300 s), backoff_max (4000 s), max_lifetime (5 d),
     child_timeout (3600 s), grace_period (30 s), flush_interval (0.2 s),
-    scan_interval (5 s); [smtp] and [dns] are passed on to the children.
+    scan_interval (5 s); [smtp] and [dns] are passed on to the children;
+    [bounces] domain, secret, local_part (VERP envelope senders) and
+    listen_port, [submission] listen_port (the listeners).
 """
 
 from __future__ import annotations
@@ -67,6 +77,7 @@ from spoold import outcome
 from spoold.bounces import verp
 from spoold.config import Config
 from spoold.errors import ConfigError, StoreUnavailable
+from spoold.listeners import Listeners
 from spoold.lock import RunLock
 from spoold.log import get_logger
 from spoold.poke import PokeSocket
@@ -140,6 +151,8 @@ class Runner:
                 self.log.info("leases_returned", rows=released, owner=self.owner)
             self.poker = PokeSocket(run_dir)
             self._install_signals()
+            self.listeners = Listeners(self.config, self.log, enabled=not self.drain)
+            self.listeners.start()
             self.log.info("start", pid=os.getpid(), owner=self.owner, drain=self.drain,
                           max_children=self.config.runner.max_children,
                           max_use=self.config.runner.max_use)
@@ -181,6 +194,7 @@ class Runner:
                 self._database_work(now)
             self._dispatch()
             self._check_hung(now)
+            self.listeners.tick(now)
             if self.drain and self._drained():
                 return
             for key, _ in self.selector.select(self._timeout()):
@@ -216,6 +230,8 @@ class Runner:
             deadlines.append(self.stop_deadline)
         if self.pool.busy_count():
             deadlines.append(self.next_hung_check)
+        if self.listeners.next_start() is not None:
+            deadlines.append(self.listeners.next_start())
         return max(0.0, min(deadlines) - now)
 
     def _on_event(self, key: selectors.SelectorKey) -> None:
@@ -288,6 +304,7 @@ class Runner:
                 self.log.warning("reload_needs_restart", setting=f"{section}.{key}")
         self.config = new
         self.pool.config = sender_config(new)
+        self.listeners.reload(new)
         for child in self.pool.children.values():
             child.retiring = True
             if not child.busy:
@@ -295,6 +312,7 @@ class Runner:
         self.log.info("reloaded", path=str(new.path))
 
     def handle_chld(self) -> None:
+        self.listeners.reap()  # before the pool reaps every pid
         for child, status in self.pool.reap():
             if not child.closed:
                 self._on_child_output(child)
@@ -526,6 +544,7 @@ class Runner:
     # -- stopping -------------------------------------------------------------
 
     def _shutdown(self) -> None:
+        self.listeners.stop()
         for child in self.pool.busy():
             self.log.warning("child_killed", pid=child.pid, reason="grace period over")
             child.signal(signal.SIGKILL)
