@@ -106,7 +106,7 @@ _PHRASES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
         r"spamcop", r"sorbs", r"barracuda", r"\bcbl\b", r"(?<!not )listed (in|on|at|by)",
         r"(your|the|client|sending) (ip|host|server|network|domain|address)\b.{0,40}"
         r"(is |has been )?(listed|banned|rejected|refused|denied|not allowed|blocked)",
-        r"(access|connection|service) (denied|refused|rejected)", r"banned", r"\bdenied\b",
+        r"(access|service) (denied|refused|rejected)", r"connection (denied|rejected)", r"banned", r"\bdenied\b",
         r"poor reputation", r"temporarily (deferred|rejected|blocked) due to",
         r"not accepting (mail|messages) from", r"refused to talk")),
     ("spamdetected", POLICY, (
@@ -279,26 +279,31 @@ def _by_code(status: str) -> tuple[str, str]:
     return SOFT, "undefined"
 
 
-_REMOTE_REPLY = re.compile(r"(?<![\d.\-/#])(?<!\w:)[45]\d\d(?=[ \-:,]|$)", re.M)
+_REMOTE_REPLY = re.compile(r"(?<![\d.\-/#])(?<!\w:)[45]\d\d(?=[ \-,]|$)", re.M)
+# A reply that names an address is the server's answer about that address
+# ("550 <bob@x>... User unknown", "554 ... account (bob@x)").
+_NAMING_REPLY = re.compile(r"(?<![\d.\-/#])[45]\d\d[ \-][^@\n]{0,80}?[^\s<>(@]+@[\w-]+(\.[\w-]+)+")
 _SENDER_CODES = ("5.1.7", "5.1.8")
 
 
-def _proven(status: str, stage: str, words: str) -> bool:
+def _proven(status: str, stage: str, words: tuple[str, ...]) -> bool:
     """Whether words of an unknown or moved user prove the address dead.
 
     Not after the message data (the address was accepted at RCPT TO: a
     filter's pretext), nor under a code that says the mailbox exists (x.2.x
     but 5.2.1) or refuses on policy (x.7.x).  Otherwise proof is an address
-    code, a refusal that answered RCPT TO, or the reporting system's own
-    verdict (no remote reply quoted); a remote's bare "550 unknown user" at
-    an unknown stage may be a filter and only counts as soft.
+    code, a refusal that answered RCPT TO or that names the address, or the
+    reporting system's own verdict (no remote reply quoted); a remote's bare
+    "550 unknown user" at an unknown stage may be a filter's and only counts
+    as soft.
     """
     subject = status.split(".")[1:2]
     if stage == "data" or (subject in (["2"], ["7"]) and status != "5.2.1"):
         return False
     address_code = status == "5.2.1" or (status.startswith("5.1.") and
                                           status not in _SENDER_CODES)
-    return address_code or stage == "rcpt" or not _REMOTE_REPLY.search(words)
+    return (address_code or stage == "rcpt" or not any(map(_REMOTE_REPLY.search, words)) or
+            any(map(_NAMING_REPLY.search, words)))
 
 
 def classify(status: str, text: str = "", context: str = "") -> Verdict:
@@ -325,7 +330,7 @@ def classify(status: str, text: str = "", context: str = "") -> Verdict:
     if kind == HARD and stage == "mail":
         kind, reason = POLICY, "rejected"
     elif found and reason in ("userunknown", "hasmoved") and not _proven(status, stage,
-                                                                         f"{text} {context}"):
+                                                                         (text, context)):
         kind, reason = SOFT, "filtered"
     if kind == HARD and status.startswith("4"):
         kind = SOFT
