@@ -106,7 +106,8 @@ _PHRASES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
         r"spamcop", r"sorbs", r"barracuda", r"\bcbl\b", r"(?<!not )listed (in|on|at|by)",
         r"(your|the|client|sending) (ip|host|server|network|domain|address)\b.{0,40}"
         r"(is |has been )?(listed|banned|rejected|refused|denied|not allowed|blocked)",
-        r"(access|service) (denied|refused|rejected)", r"connection (denied|rejected)", r"banned", r"\bdenied\b",
+        r"(access|service) (denied|refused|rejected)", r"connection (denied|rejected)",
+        r"banned", r"\bdenied\b",
         r"poor reputation", r"temporarily (deferred|rejected|blocked) due to",
         r"not accepting (mail|messages) from", r"refused to talk")),
     ("spamdetected", POLICY, (
