@@ -3,15 +3,15 @@
 The one place that decides whether a recipient is sent, deferred or bounced,
 and with which RFC 3463 enhanced status code (dsn), like Postfix's
 smtp_trouble.c.  The client (sender.client) and the resolver (sender.mx) only
-say what happened; the runner asks is_address_failure() whether a bounce
-should also suppress the address.
+say what happened; what a bounce means for the address (suppress it or not)
+is the runner's business (spoold.bounces.classify).
 
 Every outcome is a dsn: its class says the status (2 sent, 4 deferred,
 5 bounced), so status_for_dsn() is the whole mapping.  Pure functions, no I/O.
 
 Public: status_for_dsn, parse_enhanced_status, reply_dsn, outcome_for_reply,
-outcome_for_refusal, outcome_for_session_reply, is_address_failure, and the dsn
-constants below for failures where no server gave a reply.
+outcome_for_refusal, outcome_for_session_reply, and the dsn constants below
+for failures where no server gave a reply.
 """
 
 from __future__ import annotations
@@ -41,20 +41,6 @@ _STATUS = {"2": SENT, "4": DEFERRED, "5": BOUNCED}
 
 # RFC 3463: class "." subject "." detail, at the start of the reply text.
 _ENHANCED = re.compile(r"([245])\.(\d{1,3})\.(\d{1,3})(?!\d|\.\d)")
-
-# Permanent failures that say the address itself will never take mail; a
-# bounce with one of these suppresses the address.  5.1.7/5.1.8 are about our
-# sender, 5.2.2 (mailbox full) may clear, 5.7.x is policy or reputation, and
-# a bare 5.0.0 ("550 no such user" without an enhanced code) is too vague.
-_ADDRESS_FAILURES = frozenset({
-    "5.1.1",   # bad destination mailbox address
-    "5.1.2",   # destination domain does not exist
-    "5.1.3",   # bad destination mailbox address syntax
-    "5.1.6",   # mailbox has moved, no forwarding address
-    "5.1.10",  # null MX: the domain says it never accepts mail
-    "5.2.1",   # mailbox disabled
-})
-
 
 def status_for_dsn(dsn: str) -> str:
     """``sent``, ``deferred`` or ``bounced``, from the dsn's class digit."""
@@ -122,12 +108,3 @@ def outcome_for_session_reply(code: int, text: str) -> tuple[str, str]:
         return DEFERRED, "4" + dsn[1:]
     return status, dsn
 
-
-def is_address_failure(dsn: str) -> bool:
-    """Whether a bounce with this dsn proves the recipient address is dead.
-
-    True for 5.1.1, 5.1.2, 5.1.3, 5.1.6, 5.1.10 (null MX) and 5.2.1; false
-    for everything else, notably 5.7.x (policy, reputation, spam), 5.2.2
-    (mailbox full), 5.1.7/5.1.8 (our sender address) and a bare 5.0.0.
-    """
-    return dsn in _ADDRESS_FAILURES

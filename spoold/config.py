@@ -14,6 +14,7 @@ environment variable, /etc/spoold/spoold.toml.  A missing default file means
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import socket
@@ -92,6 +93,37 @@ def _dkim_headers(names: list[str]) -> str | None:
              "dkim-signature"}
     bad = [name for name in names if name.lower() in never]
     return f"{', '.join(bad)} must not be signed" if bad else None
+
+
+def _domain_name(value: str) -> str | None:
+    if value and not _DOMAIN.match(value.lower()):
+        return "must be a domain name such as bounces.example.org"
+    return None
+
+
+def _local_part(value: str) -> str | None:
+    if not re.fullmatch(r"[A-Za-z0-9._-]+", value):
+        return "must be letters, digits, dots, dashes or underscores"
+    return None
+
+
+def _users(value: list[str]) -> str | None:
+    for entry in value:
+        name, _, hashed = entry.partition(":")
+        if not name or not hashed.startswith("scrypt$"):
+            return (f"{entry[:20]!r}: expected NAME:HASH with a HASH from "
+                    "spoold submission hash-password")
+    return None
+
+
+def submission_needs_auth(settings: SimpleNamespace) -> bool:
+    """AUTH before MAIL: when asked to, or when listening on a non-loopback address."""
+    if settings.require_auth:
+        return True
+    try:
+        return not ipaddress.ip_address(settings.listen_address).is_loopback
+    except ValueError:
+        return settings.listen_address != "localhost"
 
 
 SETTINGS: tuple[Setting, ...] = (
@@ -207,6 +239,47 @@ SETTINGS: tuple[Setting, ...] = (
             "UDP/TCP port of those resolvers.", minimum=1),
     Setting("dns", "timeout", "duration", 10,
             "Total time allowed for one DNS lookup.", minimum=0.1),
+    Setting("bounces", "domain", "str", "",
+            "Bounce domain: when set, outgoing mail gets a VERP envelope sender\n"
+            "LOCAL+<queue id>.<hmac>@DOMAIN that names its queue row, and the bounce\n"
+            "receiver takes mail for this domain only.  Empty: envelope senders unchanged.",
+            check=_domain_name),
+    Setting("bounces", "local_part", "str", "bounces",
+            "Local part of the VERP address (and of the plain address for feedback loops).",
+            check=_local_part),
+    Setting("bounces", "secret", "str", "",
+            "Key of the HMAC in VERP addresses (required with a bounce domain): a bounce\n"
+            "to a forged address is ignored.  Keep it secret; changing it orphans the\n"
+            "bounces of mail already sent."),
+    Setting("bounces", "listen_address", "str", "127.0.0.1",
+            "Address the bounce receiver listens on (point the bounce domain's MX here)."),
+    Setting("bounces", "listen_port", "int", 0,
+            "Port of the bounce receiver, started by spoold run; 0: no receiver.", minimum=0),
+    Setting("bounces", "max_size", "int", 10485760,
+            "Largest bounce or complaint message taken, in bytes.", minimum=1024),
+    Setting("bounces", "soft_limit", "int", 5,
+            "Consecutive soft bounces (mailbox full, expired, ...) that suppress an address\n"
+            "once they span soft_span; a delivery resets the count.", minimum=1),
+    Setting("bounces", "soft_span", "duration", "3d",
+            "Time the soft bounces must spread over, first to last, before they suppress.",
+            minimum=0),
+    Setting("submission", "listen_address", "str", "127.0.0.1",
+            "Address of the SMTP submission listener.  Any address other than a loopback\n"
+            "one requires AUTH (over STARTTLS) before MAIL."),
+    Setting("submission", "listen_port", "int", 0,
+            "Port of the submission listener, started by spoold run; 0: no listener.",
+            minimum=0),
+    Setting("submission", "require_auth", "bool", False,
+            "Require AUTH (PLAIN or LOGIN, over STARTTLS) even on a loopback address."),
+    Setting("submission", "users", "list", [],
+            "Who may submit with AUTH: \"name:HASH\" entries, HASH from\n"
+            "spoold submission hash-password.", check=_users),
+    Setting("submission", "tls_cert", "str", "",
+            "PEM certificate chain for STARTTLS (needed when AUTH is required)."),
+    Setting("submission", "tls_key", "str", "",
+            "PEM private key for STARTTLS."),
+    Setting("submission", "max_size", "int", 26214400,
+            "Largest message taken, in bytes.", minimum=1024),
     Setting("log", "format", "str", "auto",
             "kv (key=value lines for people), json (for journald and machines), or auto:\n"
             "json when started by systemd, kv otherwise.", choices=("auto", "kv", "json")),
@@ -308,7 +381,15 @@ def build(data: dict[str, Any], path: Path | None = None) -> Config:
     runner = sections["runner"]
     if runner["backoff_max"] < runner["backoff_min"]:
         raise ConfigError(f"{where}: runner.backoff_max: must not be below runner.backoff_min")
+    if sections["bounces"]["domain"] and not sections["bounces"]["secret"]:
+        raise ConfigError(f"{where}: bounces.secret: required with bounces.domain "
+                          "(the VERP addresses are signed with it)")
     namespaces = {name: SimpleNamespace(**values) for name, values in sections.items()}
+    submission = namespaces["submission"]
+    if submission.listen_port and submission_needs_auth(submission) and not (
+            submission.tls_cert and submission.tls_key and submission.users):
+        raise ConfigError(f"{where}: submission: AUTH is required on {submission.listen_address}"
+                          " (not loopback, or require_auth): set tls_cert, tls_key and users")
     return Config(path=path, **namespaces)
 
 
@@ -406,4 +487,6 @@ def render_effective(config: Config) -> str:
 def _redact(setting: Setting, value: Any) -> Any:
     if setting.section == "database" and setting.key == "url":
         return re.sub(r"://([^:/@]*):[^@]*@", r"://\1:***@", value)
+    if (setting.section, setting.key) == ("bounces", "secret") and value:
+        return "***"
     return value

@@ -64,3 +64,9 @@ class CannotCreate(SpooldError):
     """An output file cannot be written (or exists and is not to be overwritten)."""
 
     exit_status = 73  # EX_CANTCREAT
+
+
+class ReportError(SpooldError):
+    """A bounce or feedback report names no recipient in any form spoold reads."""
+
+    exit_status = 65  # EX_DATAERR

@@ -6,12 +6,16 @@ decides what that means for the row (DESIGN.md, "Queue row life"):
 - sent                      -> leaves the queue, logged sent
 - bounced                   -> leaves the queue, logged bounced; the address is
                                suppressed when the failure is about the address
-                               itself (sender.trouble.is_address_failure)
+                               itself (spoold.bounces.classify: hard)
 - deferred                  -> queued again after a backoff that doubles per
                                attempt from backoff_min to backoff_max, never
                                later than the row's expiry
 - deferred at or past expiry -> leaves the queue, logged expired
 - child lost (died, hung, garbage) -> deferred with dsn 4.3.0, same backoff
+
+Every failure also carries its verdict (spoold.bounces.classify), which the
+store applies with the outcome: hard suppresses, soft counts towards
+bounces.soft_limit (a sent resets it), policy flags the destination domain.
 
 Settings: runner.backoff_min, runner.backoff_max (the row's expires_at was
 fixed at enqueue from runner.max_lifetime).
@@ -20,7 +24,7 @@ fixed at enqueue from runner.max_lifetime).
 from __future__ import annotations
 
 from sender.protocol import Result
-from sender.trouble import is_address_failure
+from spoold.bounces.classify import classify
 from spoold.store import Attempt, QueueRow
 
 
@@ -29,13 +33,23 @@ def backoff(attempts: int, minimum: float, maximum: float) -> float:
     return min(maximum, minimum * 2 ** max(0, attempts - 1))
 
 
+def judged(attempt: Attempt) -> Attempt:
+    """The attempt with its bounce verdict; a hard bounce suppresses its address."""
+    if attempt.status in ("sent", "deleted"):
+        return attempt
+    verdict = classify(attempt.dsn or "", attempt.reply or "")
+    attempt.kind, attempt.cause = verdict.kind, verdict.reason
+    attempt.suppress = attempt.status == "bounced" and verdict.suppresses
+    return attempt
+
+
 def deferral(row: QueueRow, code: int | None, dsn: str, reply: str, relay: str, now: float,
              minimum: float, maximum: float) -> Attempt:
     """A temporary failure: retry later, or expire when the row's time is up."""
     if now >= row.expires_at:
-        return Attempt(row, "expired", code, dsn, reply, relay)
+        return judged(Attempt(row, "expired", code, dsn, reply, relay))
     due = min(now + backoff(row.attempts + 1, minimum, maximum), row.expires_at)
-    return Attempt(row, "deferred", code, dsn, reply, relay, not_before=due)
+    return judged(Attempt(row, "deferred", code, dsn, reply, relay, not_before=due))
 
 
 def from_result(row: QueueRow, result: Result, now: float, minimum: float,
@@ -43,9 +57,8 @@ def from_result(row: QueueRow, result: Result, now: float, minimum: float,
     if result.status == "deferred":
         return deferral(row, result.code, result.dsn, result.reply, result.relay, now,
                         minimum, maximum)
-    attempt = Attempt(row, result.status, result.code, result.dsn, result.reply, result.relay)
-    attempt.suppress = result.status == "bounced" and is_address_failure(result.dsn)
-    return attempt
+    return judged(Attempt(row, result.status, result.code, result.dsn, result.reply,
+                          result.relay))
 
 
 def lost(row: QueueRow, why: str, now: float, minimum: float, maximum: float) -> Attempt:
@@ -56,4 +69,4 @@ def lost(row: QueueRow, why: str, now: float, minimum: float, maximum: float) ->
 def expired_unsent(row: QueueRow) -> Attempt:
     """A row found past its expiry when claimed: give up without trying again."""
     reply = row.last_reply or "expired before delivery was attempted"
-    return Attempt(row, "expired", row.last_code, row.last_dsn or "4.4.7", reply, "none")
+    return judged(Attempt(row, "expired", row.last_code, row.last_dsn or "4.4.7", reply, "none"))

@@ -28,6 +28,13 @@ DESCRIPTION
     With --drain it delivers everything due and exits when nothing more is
     due (cron mode); rows deferred to a later time stay queued.
 
+    Unless draining, it also runs the configured SMTP listeners -- the
+    bounce receiver (spoold/bounces/receiver.py) and the submission listener
+    (spoold/submission.py) -- each as a supervised child process with its own
+    database connection (spoold/listeners.py: restarted with a growing delay
+    when it dies, not restarted after a configuration error, restarted on
+    SIGHUP, stopped with the runner), like Postfix's master beside qmgr.
+
 SIGNALS
     SIGTERM, SIGINT  stop claiming, give back unstarted rows, let jobs in
                      hand finish for up to grace_period, kill the rest (their
@@ -36,7 +43,8 @@ SIGNALS
                      finish with the old one, then their children retire.
     SIGUSR1          reopen [log] file (after logrotate moved it).
     SIGCHLD          reap children; rows a dead child had not answered are
-                     deferred with dsn 4.3.0 (nothing is lost).
+                     deferred with dsn 4.3.0 (nothing is lost); a dead
+                     listener is started again.
 
 SERVICE MANAGER
     Under systemd Type=notify (spoold/notify.py): READY=1 once the lock is
@@ -59,7 +67,9 @@ CONFIGURATION PARAMETERS
     child_timeout (3600 s), grace_period (30 s), flush_interval (0.2 s),
     scan_interval (5 s); [smtp], [dns], [mta_sts] and [dkim] are passed on
     to the children (paths made absolute; key files are read by the
-    children, never by the runner).
+    children, never by the runner); [bounces] domain, secret, local_part
+    (VERP envelope senders) and listen_port, [submission] listen_port (the
+    listeners).
 """
 
 from __future__ import annotations
@@ -76,8 +86,10 @@ from sender.protocol import (Done, Job, Message, ProtocolError, Recipient, Resul
                              SenderConfig, Target, decode_reply, encode_job)
 from spoold import config as config_mod
 from spoold import outcome
+from spoold.bounces import verp
 from spoold.config import Config
 from spoold.errors import ConfigError, StoreUnavailable
+from spoold.listeners import Listeners
 from spoold.lock import RunLock
 from spoold.log import configure as configure_log
 from spoold.log import get_logger, log_file
@@ -182,6 +194,8 @@ class Runner:
                 self.log.info("leases_returned", rows=released, owner=self.owner)
             self.poker = PokeSocket(run_dir)
             self._install_signals()
+            self.listeners = Listeners(self.config, self.log, enabled=not self.drain)
+            self.listeners.start()
             self.log.info("start", pid=os.getpid(), owner=self.owner, drain=self.drain,
                           max_children=self.config.runner.max_children,
                           max_use=self.config.runner.max_use)
@@ -225,6 +239,7 @@ class Runner:
                 self._database_work(now)
             self._dispatch()
             self._check_hung(now)
+            self.listeners.tick(now)
             if self.drain and self._drained():
                 return
             for key, _ in self.selector.select(self._timeout()):
@@ -260,6 +275,8 @@ class Runner:
             deadlines.append(self.stop_deadline)
         if self.pool.busy_count():
             deadlines.append(self.next_hung_check)
+        if self.listeners.next_start() is not None:
+            deadlines.append(self.listeners.next_start())
         return max(0.0, min(deadlines) - now)
 
     def _on_event(self, key: selectors.SelectorKey) -> None:
@@ -339,6 +356,7 @@ class Runner:
                 self.log.warning("reload_needs_restart", setting=f"{section}.{key}")
         self.config = new
         self.pool.config = sender_config(new)
+        self.listeners.reload(new)
         for child in self.pool.children.values():
             child.retiring = True
             if not child.busy:
@@ -347,6 +365,7 @@ class Runner:
         self.notifier.ready(self._status_line())
 
     def handle_chld(self) -> None:
+        self.listeners.reap()  # before the pool reaps every pid
         for child, status in self.pool.reap():
             if not child.closed:
                 self._on_child_output(child)
@@ -471,11 +490,13 @@ class Runner:
             del self.backlog[domain]
         else:
             self.backlog.move_to_end(domain)
-        messages: dict[int, Message] = {}
+        messages: dict[tuple[int, str], Message] = {}
         for row in rows:
-            if row.message_id not in messages:
-                messages[row.message_id] = Message(row.sender, self.bodies[row.message_id], [])
-            messages[row.message_id].recipients.append(Recipient(row.id, row.recipient))
+            mail_from = verp.envelope_sender(row.sender, row.id, self.config.bounces)
+            key = (row.message_id, mail_from)  # with VERP, one transaction per row
+            if key not in messages:
+                messages[key] = Message(mail_from, self.bodies[row.message_id], [])
+            messages[key].recipients.append(Recipient(row.id, row.recipient))
             self._unref_body(row.message_id)
         self.job_ids += 1
         child.outbuf += encode_job(Job(self.job_ids, domain, list(messages.values()),
@@ -619,6 +640,7 @@ class Runner:
     # -- stopping -------------------------------------------------------------
 
     def _shutdown(self) -> None:
+        self.listeners.stop()
         for child in self.pool.busy():
             self.log.warning("child_killed", pid=child.pid, reason="grace period over")
             child.signal(signal.SIGKILL)

@@ -858,16 +858,6 @@ def test_outcome_for_refusal_and_session_replies():
     assert trouble.outcome_for_session_reply(220, "ready") == ("sent", "2.0.0")
 
 
-@pytest.mark.parametrize("dsn, expected", [
-    ("5.1.1", True), ("5.1.2", True), ("5.1.3", True), ("5.1.6", True), ("5.1.10", True),
-    ("5.2.1", True),
-    ("5.2.2", False), ("5.1.7", False), ("5.1.8", False), ("5.7.1", False), ("5.7.26", False),
-    ("5.0.0", False), ("5.3.4", False), ("5.4.4", False), ("4.1.1", False), ("2.0.0", False),
-])
-def test_is_address_failure(dsn, expected):
-    assert trouble.is_address_failure(dsn) is expected
-
-
 def test_crlf_lines_and_dot_stuffing():
     assert crlf_lines(b"a\nb\r\nc\rd") == b"a\r\nb\r\nc\r\nd\r\n"
     assert crlf_lines(b"") == b""

@@ -4,7 +4,7 @@
     spoold queue | status | log [--follow]
     spoold hold|release|requeue|delete ID... | --all | --domain D
     spoold flush
-    spoold suppression list|remove ADDRESS
+    spoold suppression list|explain|remove ADDRESS
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Any
 import psutil
 
 import sender
+from spoold.cli.bounces import explain
 from spoold.cli.common import Handler, print_table, when, with_store
 from spoold.cli.follow import follow
 from spoold.config import Config
@@ -162,6 +163,10 @@ def cmd_log(args: argparse.Namespace, config: Config, store: Store) -> int:
 
 @with_store
 def cmd_suppression(args: argparse.Namespace, config: Config, store: Store) -> int:
+    if args.action == "explain":
+        if not args.address:
+            raise SpooldError("suppression explain: name the address")
+        return explain(store, args.address)
     if args.action == "remove":
         if not args.address:
             raise SpooldError("suppression remove: name the address")
@@ -223,6 +228,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=cmd_log)
 
     p = sub.add_parser("suppression", help="addresses never mailed again")
-    p.add_argument("action", choices=("list", "remove"))
+    p.add_argument("action", choices=("list", "explain", "remove"))
     p.add_argument("address", nargs="?")
     p.set_defaults(handler=cmd_suppression)

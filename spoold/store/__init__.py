@@ -13,6 +13,7 @@ from spoold.config import Config
 from spoold.errors import StoreError
 from spoold.store.api import Store
 from spoold.store.base import FINAL, PRIORITIES, STATES, Attempt, QueueRow
+from spoold.store.bounces import BouncePolicy
 
 __all__ = [
     "FINAL",
@@ -45,6 +46,7 @@ def open_store(url: str, base_dir: Path | None = None, busy_timeout: float = 10.
 def store_for(config: Config, upgrade: bool = True) -> Store:
     """The configured store, its schema created or upgraded when ``upgrade``."""
     store = open_store(config.database.url, config.base_dir, config.database.busy_timeout)
+    store.bounce_policy = BouncePolicy(config.bounces.soft_limit, config.bounces.soft_span)
     if upgrade:
         store.ensure_schema()
     return store

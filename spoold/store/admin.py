@@ -167,6 +167,8 @@ class AdminOps(QueueOps):
         return [dict(zip(("address", "reason", "dsn", "reply", "created_at"), r)) for r in rows]
 
     def unsuppress(self, address: str) -> bool:
+        """Lift a suppression; the address's soft bounces start counting afresh."""
         with self.transaction() as cur:
+            self.execute(cur, "DELETE FROM soft_bounce WHERE address = ?", (address.lower(),))
             return self.execute(cur, "DELETE FROM suppression WHERE address = ?",
                                 (address.lower(),)).rowcount > 0

@@ -7,7 +7,8 @@ Add a concern as a mixin module beside this one and list it here; backends
 from __future__ import annotations
 
 from spoold.store.admin import AdminOps
+from spoold.store.bounces import BounceOps
 
 
-class Store(AdminOps):
+class Store(AdminOps, BounceOps):
     """Queue, log, suppression and operator operations over one database connection."""

@@ -57,6 +57,8 @@ class Attempt:
     relay: str
     not_before: float = 0.0  # deferred only: when the row is due again
     suppress: bool = False  # bounced only: add the recipient to suppression
+    kind: str = ""  # the bounce verdict (spoold.bounces.classify): hard, soft, policy, ...
+    cause: str = ""  # its reason: userunknown, mailboxfull, blocked, ...
 
 
 def _chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterator[Sequence[Any]]:

@@ -126,7 +126,7 @@ class QueueOps(Backend):
                                   "WHERE id = ? AND lease_owner = ?",
                              [(a.not_before, a.code, a.dsn, a.reply, a.row.id, owner)
                               for a in deferred])
-            self._suppress(cur, [a for a in attempts if a.suppress], now)
+            self._apply_verdicts(cur, attempts, now)
             self._drop_orphan_messages(cur, {a.row.message_id for a in attempts
                                              if a.status in FINAL})
 
@@ -139,11 +139,9 @@ class QueueOps(Backend):
                            max(0.0, now - a.row.created_at), a.row.attempts + 1, now)
                           for a in attempts])
 
-    def _suppress(self, cur: Any, attempts: Sequence[Attempt], now: float) -> None:
-        self.executemany(cur, f"{self.insert_ignore} INTO suppression "
-                              "(address, reason, dsn, reply, created_at) VALUES (?, ?, ?, ?, ?)",
-                         [(a.row.recipient.lower(), "bounce", a.dsn, a.reply, now)
-                          for a in attempts])
+    def _apply_verdicts(self, cur: Any, attempts: Sequence[Attempt], now: float) -> None:
+        """What the attempts' bounce verdicts do to suppression (store/bounces.py)."""
+        raise NotImplementedError
 
     def _drop_orphan_messages(self, cur: Any, message_ids: set[int]) -> None:
         for chunk in _chunks(sorted(message_ids)):

@@ -11,9 +11,14 @@ Tables
     notify       the queue: one row per recipient (state queued/active/held)
     delivery     the log: one row per attempt (sent/deferred/bounced/expired/deleted)
     suppression  addresses never to mail again, with the reply that caused it
+                 (cause: the bounce reason; notify_id: the delivery it came from)
     runner       one row per running queue runner: pid, heartbeat, children busy and
                  alive, backlog, counters and latency sums since it started
                  (spoold/stats.py)
+    soft_bounce  consecutive soft bounces per address since its last delivery
+    destination_flag  destinations that refused us on policy (blocklist,
+                 reputation, authentication...): for the operator and for
+                 traffic shaping
 """
 
 MIGRATIONS: list[list[str]] = [
@@ -101,6 +106,30 @@ MIGRATIONS: list[list[str]] = [
         "ALTER TABLE runner ADD COLUMN writes BIGINT NOT NULL DEFAULT 0",
         "ALTER TABLE runner ADD COLUMN write_seconds {real} NOT NULL DEFAULT 0",
         "ALTER TABLE runner ADD COLUMN latency_buckets {text}",
+    ],
+    [
+        "ALTER TABLE suppression ADD COLUMN notify_id BIGINT",
+        "ALTER TABLE suppression ADD COLUMN cause VARCHAR(32)",
+        """CREATE TABLE soft_bounce (
+            address VARCHAR(320) NOT NULL PRIMARY KEY,
+            bounces INTEGER NOT NULL,
+            first_at {real} NOT NULL,
+            last_at {real} NOT NULL,
+            last_dsn VARCHAR(16),
+            last_reply {text},
+            notify_id BIGINT
+        ){table}""",
+        """CREATE TABLE destination_flag (
+            domain VARCHAR(255) NOT NULL PRIMARY KEY,
+            cause VARCHAR(32) NOT NULL,
+            dsn VARCHAR(16),
+            reply {text},
+            relay VARCHAR(300),
+            hits INTEGER NOT NULL,
+            first_at {real} NOT NULL,
+            last_at {real} NOT NULL,
+            notify_id BIGINT
+        ){table}""",
     ],
 ]
 
