@@ -18,6 +18,7 @@ from spoold.enqueue import enqueue
 from spoold.store import store_for
 
 SENDER = "bench@spoold.bench.test"
+CLIENTS = 4  # injecting processes at once, for spoold and for Postfix alike
 
 
 def body_of(size: int) -> str:

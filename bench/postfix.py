@@ -24,6 +24,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from bench.inject import CLIENTS
 from bench.procs import Procs, tree_cpu
 
 SMTPD = "127.0.0.1:10025"
@@ -116,7 +117,7 @@ default_destination_concurrency_limit = {self.destination_concurrency}
     def cpu(self) -> float:
         return tree_cpu(self.master_pid)
 
-    def inject(self, recipients: list[str], size: int, clients: int = 4) -> float:
+    def inject(self, recipients: list[str], size: int, clients: int = CLIENTS) -> float:
         """smtp-source into smtpd, one run per address, ``clients`` at a time.
 
         Returns 0.0: smtp-source is the application's side, not Postfix's, so

@@ -3,7 +3,7 @@
 A throw-away work directory with its own SQLite queue and run directory,
 ``spoold run`` as a real subprocess resolving through the benchmark's DNS
 server, and injection through the application API (``spoold.enqueue``) in
-a separate process (bench/inject.py), whose CPU is counted as spoold's.
+separate processes (bench/inject.py), whose CPU is counted as spoold's.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.inject import CLIENTS
 from bench.procs import Procs, tree_cpu
 from spoold import config as config_mod
 from spoold.fakenet import DNSServer
@@ -85,18 +86,25 @@ class Spoold:
             store.close()
 
     def inject(self, recipients: list[str], size: int) -> float:
-        """Enqueue one message per recipient from another process; returns its CPU seconds."""
-        proc = subprocess.Popen([sys.executable, "-m", "bench.inject", str(self.config_path),
-                                 str(size)], stdin=subprocess.PIPE)
-        self.procs.adopt(proc.pid)
-        proc.stdin.write("\n".join(recipients).encode())  # type: ignore[union-attr]
-        proc.stdin.close()  # type: ignore[union-attr]
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        self.procs.pids.remove(proc.pid)
-        if proc.returncode:
-            raise RuntimeError(f"bench.inject exited with {proc.returncode}")
-        return usage.ru_utime + usage.ru_stime
+        """Enqueue one message per recipient from CLIENTS processes at once, as Postfix
+        is fed by CLIENTS smtp-source runs; returns their CPU seconds."""
+        procs = []
+        for client in range(CLIENTS):
+            proc = subprocess.Popen([sys.executable, "-m", "bench.inject", str(self.config_path),
+                                     str(size)], stdin=subprocess.PIPE)
+            self.procs.adopt(proc.pid)
+            proc.stdin.write("\n".join(recipients[client::CLIENTS]).encode())  # type: ignore[union-attr]
+            proc.stdin.close()  # type: ignore[union-attr]
+            procs.append(proc)
+        cpu = 0.0
+        for proc in procs:
+            _, status, usage = os.wait4(proc.pid, 0)
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            self.procs.pids.remove(proc.pid)
+            if proc.returncode:
+                raise RuntimeError(f"bench.inject exited with {proc.returncode}")
+            cpu += usage.ru_utime + usage.ru_stime
+        return cpu
 
 
 def version() -> str:
