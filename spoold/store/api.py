@@ -7,7 +7,8 @@ Add a concern as a mixin module beside this one and list it here; backends
 from __future__ import annotations
 
 from spoold.store.admin import AdminOps
+from spoold.store.mailouts import MailoutOps
 
 
-class Store(AdminOps):
-    """Queue, log, suppression and operator operations over one database connection."""
+class Store(AdminOps, MailoutOps):
+    """Queue, log, suppression, operator, contact and mailout operations over one connection."""
