@@ -47,9 +47,9 @@ def mailing(config: Config, row: dict) -> Mailing:
 
 
 def personal(secret: str, mailout_id: int, contact_id: int, email: str, name: str,
-             attributes: str) -> Personal:
+             attributes: dict) -> Personal:
     """One recipient's fields and token (contact id 0: a test send)."""
-    return Personal({"email": email, "name": name, "attributes": json.loads(attributes)},
+    return Personal({"email": email, "name": name, "attributes": attributes},
                     make_token(secret, contact_id, mailout_id))
 
 
@@ -88,10 +88,12 @@ class Mailouts:
 
     def message(self, row: QueueRow) -> Message:
         """The claimed mailout row as a message for the child to render."""
-        fields = self._recipients.pop(row.id, (row.mailout_id, 0, row.recipient, "", "{}"))
+        mailout_id, contact_id, email, name, attributes = self._recipients.pop(
+            row.id, (row.mailout_id, 0, row.recipient, "", "{}"))
         return Message(row.sender, b"", [Recipient(row.id, row.recipient)],
-                       mailing=str(row.mailout_id),
-                       personal=personal(self._secret[1], *fields))
+                       mailing=str(mailout_id),
+                       personal=personal(self._secret[1], mailout_id, contact_id, email, name,
+                                         json.loads(attributes)))
 
     def mailings(self, messages: Sequence[Message]) -> dict[str, Mailing]:
         return {m.mailing: self._mailings[int(m.mailing)] for m in messages}
