@@ -1,0 +1,210 @@
+"""Mailouts end to end: the real daemon expands, renders and delivers to real sinks.
+
+Contacts go in through the store (or the CLI where the CLI is what is
+tested), mailouts are made with ``spoold mailout create``, and what counts
+is what the aiosmtpd sinks received and the counters the store reports.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import signal
+import time
+
+import pytest
+from conftest import wait_for
+
+from spoold.store.contacts import ContactIn
+from spoold.unsubscribe import check_token, unsubscribe
+
+SECRET = "test-secret"
+DOMAINS = ["north.example", "south.example", "east.example", "west.example", "mid.example"]
+TEXT = ("Hello {{ name }},\n"
+        "news for {{ attributes.city }} ({{ email }}).\n"
+        "Unsubscribe: {{ unsubscribe_url }}\n")
+HTML = "<p>Hello <b>{{ name }}</b> of {{ attributes.city }}</p>"
+
+
+@pytest.fixture
+def shop(spool_factory, world):
+    """A spool with the five domains, a fast mailout tick and a known secret."""
+    for domain in DOMAINS:
+        world.add_domain(domain)
+    return spool_factory(mailout={"interval": 0.1, "secret": SECRET,
+                                  "sender": "Shop News <news@shop.example>",
+                                  "unsubscribe_mailto": "unsubscribe@shop.example",
+                                  "unsubscribe_url": "https://shop.example/u/{token}"})
+
+
+def add_contacts(spool, count: int, list_name: str = "news", **extra: dict) -> None:
+    store = spool.store()
+    try:
+        store.upsert_contacts([ContactIn(f"reader{i}@{DOMAINS[i % len(DOMAINS)]}",
+                                         f"Reader {i}", {"city": f"City{i}", **extra})
+                               for i in range(count)], list_name)
+    finally:
+        store.close()
+
+
+def add_template(spool, name: str = "news", subject: str = "News for {{ name }}",
+                 html: bool = True) -> None:
+    text = spool.config_path.parent / f"{name}.txt"
+    text.write_text(TEXT)
+    args = ["templates", "add", name, "--subject", subject, "--text", str(text)]
+    if html:
+        page = spool.config_path.parent / f"{name}.html"
+        page.write_text(HTML)
+        args += ["--html", str(page)]
+    spool.cli(*args)
+
+
+def create(spool, *args: str) -> int:
+    out = spool.cli("mailout", "create", *args).stdout.decode()
+    return int(out.split()[1].rstrip(":"))
+
+
+def mailout(spool, mailout_id: int) -> dict:
+    store = spool.store()
+    try:
+        return store.mailout(mailout_id)
+    finally:
+        store.close()
+
+
+def wait_status(spool, mailout_id: int, *statuses: str, timeout: float = 60) -> dict:
+    found = {}
+
+    def reached() -> bool:
+        found.update(mailout(spool, mailout_id))
+        return found["status"] in statuses
+
+    wait_for(reached, timeout=timeout, what=f"mailout {mailout_id} {'/'.join(statuses)}",
+             every=0.1)
+    return found
+
+
+def suppress(store, addresses: list[str]) -> None:
+    """Addresses that bounced before (what the bounce listener records)."""
+    with store.transaction() as cur:
+        for address in addresses:
+            store.execute(cur, "INSERT INTO suppression (address, reason, created_at) "
+                               "VALUES (?, 'bounce', 0)", (address,))
+
+
+def parsed(received) -> email.message.EmailMessage:
+    return email.message_from_bytes(received.data, policy=email.policy.default)
+
+
+def test_mailout_arrives_personalised_at_every_domain(shop, world):
+    add_contacts(shop, 500)
+    store = shop.store()
+    for i in range(5):
+        store.unsubscribe_contact(f"reader{i}@{DOMAINS[i % 5]}")
+    suppress(store, [f"reader{i}@{DOMAINS[i % 5]}" for i in (5, 6, 7)])
+    store.close()
+    add_template(shop)
+    mailout_id = create(shop, "--template", "news", "--list", "news")
+    shop.start()
+    done = wait_status(shop, mailout_id, "done")
+
+    counters = done["counters"]
+    assert counters["total"] == 500
+    assert counters["sent"] == 492
+    assert counters["skipped_unsubscribed"] == 5
+    assert counters["skipped_suppressed"] == 3
+    assert counters["queued"] == counters["sending"] == counters["bounced"] == 0
+
+    messages = world.all_messages()
+    assert len(messages) == 492
+    by_recipient = {m.rcpt_tos[0]: m for m in messages}
+    assert len(by_recipient) == 492  # nobody twice
+    for i in range(8):
+        assert f"reader{i}@{DOMAINS[i % 5]}" not in by_recipient
+    for i in (8, 123, 499):
+        address = f"reader{i}@{DOMAINS[i % 5]}"
+        msg = parsed(by_recipient[address])
+        assert by_recipient[address].mail_from == "news@shop.example"
+        assert msg["From"] == "Shop News <news@shop.example>"
+        assert msg["To"] == f"Reader {i} <{address}>"
+        assert msg["Subject"] == f"News for Reader {i}"
+        assert msg["Date"] and msg["Message-ID"]
+        assert msg.get_content_type() == "multipart/alternative"
+        text = msg.get_body(("plain",)).get_content().replace("\r\n", "\n")
+        html = msg.get_body(("html",)).get_content()
+        assert f"Hello Reader {i},\nnews for City{i} ({address})." in text
+        assert f"<p>Hello <b>Reader {i}</b> of City{i}</p>" in html
+        assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+        mailto, https = [link.strip(" <>") for link in msg["List-Unsubscribe"].split(",")]
+        assert mailto.startswith("mailto:unsubscribe@shop.example?subject=unsubscribe%20")
+        assert https.startswith("https://shop.example/u/")
+        token = https.rsplit("/", 1)[1]
+        assert f"Unsubscribe: {https}" in text
+        store = shop.store()
+        contact_id = store.contact(address)["id"]
+        store.close()
+        assert check_token(SECRET, token) == (contact_id, mailout_id)
+
+
+def test_unsubscribe_link_is_honoured_and_forgeries_refused(shop, world):
+    from spoold.errors import BadToken
+
+    add_contacts(shop, 3)
+    add_template(shop, html=False)
+    mailout_id = create(shop, "--template", "news", "--list", "news")
+    shop.start()
+    wait_status(shop, mailout_id, "done")
+    first = parsed(next(m for m in world.all_messages()
+                        if m.rcpt_tos == [f"reader0@{DOMAINS[0]}"]))
+    assert first.get_content_type() == "text/plain"
+    token = first["List-Unsubscribe"].split(",")[1].strip(" <>").rsplit("/", 1)[1]
+
+    store = shop.store()
+    try:
+        contact_id, _ = check_token(SECRET, token)
+        forged = [f"{contact_id + 1}.{mailout_id}.{token.rsplit('.', 1)[1]}",
+                  token[:-1] + ("A" if token[-1] != "A" else "B"), "1.1.short", ""]
+        for bad in forged:
+            with pytest.raises(BadToken):
+                unsubscribe(shop.config, store, bad)
+        with pytest.raises(BadToken):
+            check_token("another-secret", token)
+        assert unsubscribe(shop.config, store, token).changed
+        assert not unsubscribe(shop.config, store, token).changed  # once only
+        contact = store.contact(f"reader0@{DOMAINS[0]}")
+        assert contact["unsubscribed_at"] is not None
+        assert [(s["address"], s["reason"]) for s in store.suppressions()] == \
+            [(f"reader0@{DOMAINS[0]}", "unsubscribe")]
+        assert store.mailout_counters(mailout_id)["unsubscribed"] == 1
+    finally:
+        store.close()
+
+    # The next mailout to the same list leaves the unsubscribed contact out.
+    world.pool.sinks[0].reset()
+    second = create(shop, "--template", "news", "--list", "news")
+    counters = wait_status(shop, second, "done")["counters"]
+    assert (counters["sent"], counters["skipped_unsubscribed"]) == (2, 1)
+
+
+def test_hostile_contact_values_cannot_inject_headers(shop, world):
+    store = shop.store()
+    store.upsert_contacts([ContactIn(f"eve@{DOMAINS[0]}",
+                                     "Eve\r\nBcc: victim@south.example\r\nX-Injected: name",
+                                     {"city": "Paris\nX-Injected: city\r\n\r\nbody?"})], "news")
+    store.close()
+    add_template(shop, subject="{{ name }} in {{ attributes.city }}\r\nX-Injected: subject")
+    mailout_id = create(shop, "--template", "news", "--list", "news")
+    shop.start()
+    counters = wait_status(shop, mailout_id, "done")["counters"]
+    assert counters["sent"] == 1
+    [received] = world.all_messages()
+    assert received.rcpt_tos == [f"eve@{DOMAINS[0]}"]
+    header_block = received.data.split(b"\r\n\r\n", 1)[0]
+    names = [line.split(b":", 1)[0].lower() for line in header_block.split(b"\r\n")
+             if line and line[:1] not in (b" ", b"\t")]
+    assert b"bcc" not in names and b"x-injected" not in names
+    assert names.count(b"to") == 1 and names.count(b"subject") == 1
+    msg = parsed(received)
+    assert msg["Subject"] == ("Eve Bcc: victim@south.example X-Injected: name in "
+                              "Paris X-Injected: city body? X-Injected: subject")
+    assert msg["To"].addresses[0].addr_spec == f"eve@{DOMAINS[0]}"
