@@ -208,3 +208,175 @@ def test_hostile_contact_values_cannot_inject_headers(shop, world):
     assert msg["Subject"] == ("Eve Bcc: victim@south.example X-Injected: name in "
                               "Paris X-Injected: city body? X-Injected: subject")
     assert msg["To"].addresses[0].addr_spec == f"eve@{DOMAINS[0]}"
+
+
+def test_embargo_holds_until_send_at(shop, world):
+    add_contacts(shop, 10)
+    add_template(shop, html=False)
+    shop.start()
+    send_at = time.time() + 2
+    mailout_id = create(shop, "--template", "news", "--list", "news", "--send-at",
+                        time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(send_at))
+                        + f"{send_at % 1:.3f}"[1:])
+    time.sleep(1)
+    early = mailout(shop, mailout_id)
+    assert early["status"] == "scheduled" and early["counters"]["total"] == 0
+    assert world.all_messages() == []
+    wait_status(shop, mailout_id, "done")
+    arrivals = [m.at for m in world.all_messages()]
+    assert len(arrivals) == 10 and min(arrivals) >= send_at
+
+
+def test_pause_holds_resume_releases_cancel_removes(shop, world):
+    add_contacts(shop, 40)
+    add_template(shop, html=False)
+    shop.start()
+    # 7200/h: one row every half second, so most of them wait in the queue.
+    paced = create(shop, "--template", "news", "--list", "news", "--rate", "7200/h")
+    wait_for(lambda: len(world.all_messages()) >= 2, what="the first paced messages")
+    shop.cli("mailout", "pause", str(paced))
+    held = mailout(shop, paced)["counters"]
+    assert held["held"] >= 30 and held["queued"] == 0
+    before = len(world.all_messages())
+    time.sleep(1.5)
+    assert len(world.all_messages()) <= before + held["sending"]  # only those in hand finish
+    assert mailout(shop, paced)["status"] == "paused"
+
+    out = shop.cli("mailout", "resume", str(paced)).stdout.decode()
+    assert f"{held['held']} queued rows released" in out
+    wait_for(lambda: len(world.all_messages()) >= before + held["sending"] + 2,
+             what="delivery after resume")
+    out = shop.cli("mailout", "cancel", str(paced)).stdout.decode()
+    removed = int(out.split(", ")[1].split()[0])
+    assert removed > 20
+    done = wait_status(shop, paced, "cancelled")
+    counters = done["counters"]
+    assert counters["cancelled"] == removed
+    assert counters["sent"] + counters["cancelled"] == 40
+    assert counters["queued"] == counters["held"] == 0
+    time.sleep(1)
+    assert len(world.all_messages()) == counters["sent"]
+    store = shop.store()
+    try:
+        log = [d for d in store.deliveries(limit=100) if d["status"] == "cancelled"]
+    finally:
+        store.close()
+    assert len(log) == removed and all(d["reply"] == "mailout cancelled" for d in log)
+
+
+def test_test_mode_sends_only_to_test_addresses(shop, world):
+    add_contacts(shop, 20)
+    add_template(shop, html=False)
+    mailout_id = create(shop, "--template", "news", "--list", "news", "--test-to",
+                        f"qa@{DOMAINS[1]}", f"boss@{DOMAINS[2]}", "--test-contact",
+                        f"reader7@{DOMAINS[2]}")
+    shop.start()
+    counters = wait_status(shop, mailout_id, "done")["counters"]
+    assert counters["sent"] == counters["total"] == 2
+    received = {m.rcpt_tos[0]: parsed(m) for m in world.all_messages()}
+    assert set(received) == {f"qa@{DOMAINS[1]}", f"boss@{DOMAINS[2]}"}
+    for address, msg in received.items():
+        assert msg["To"] == f"Reader 7 <{address}>"
+        assert msg["Subject"] == "News for Reader 7"
+        assert "news for City7" in msg.get_content()
+        token = msg["List-Unsubscribe"].split("/")[-1].rstrip(">")
+        assert check_token(SECRET, token) == (0, mailout_id)  # unsubscribes nobody
+
+
+def test_bulk_mailout_waits_behind_transactional_mail(shop, world):
+    add_contacts(shop, 300)
+    add_template(shop, html=False)
+    create(shop, "--template", "news", "--list", "news")
+    store = shop.store()
+    try:
+        step = store.mailout_step(time.time(), 1000, 3600)
+        assert step.queued == 300
+        store.enqueue("app@shop.example", b"Subject: receipt\r\n\r\npaid\r\n",
+                      [(f"buyer@{DOMAINS[0]}", DOMAINS[0])], 1, time.time() + 3600)
+        [first] = store.claim("test", 1, time.time() + 60)
+    finally:
+        store.close()
+    assert first.recipient == f"buyer@{DOMAINS[0]}" and first.mailout_id is None
+
+
+def test_expansion_killed_midway_resumes_without_duplicates(spool_factory, world):
+    for domain in DOMAINS:
+        world.add_domain(domain)
+    spool = spool_factory(mailout={"expand_chunk": 40, "interval": 0.1, "secret": SECRET})
+    add_contacts(spool, 20000)
+    add_template(spool, html=False)
+    # 1/h: the first row is due at once, the others over the next 20000 hours.
+    mailout_id = create(spool, "--template", "news", "--all", "--rate", "1/h")
+    store = spool.store()
+    proc = spool.start()
+    wait_for(lambda: store.mailout_counters(mailout_id)["total"] > 0,
+             what="expansion under way", every=0.002)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    cut = store.mailout(mailout_id)
+    assert cut["status"] == "expanding" and 0 < cut["expanded"] < 20000
+    assert cut["expanded"] == cut["expand_cursor"]  # rows and cursor committed together
+
+    # The cursor commits with its chunk, so what was sent is never reached
+    # again; rows still queued are also guarded by the unique (mailout,
+    # contact) key: even a cursor set back (past contact 1, the one row due
+    # and maybe sent) queues nobody twice.
+    with store.transaction() as cur:
+        store.execute(cur, "UPDATE mailout SET expand_cursor = 1 WHERE id = ?", (mailout_id,))
+    spool.start()
+    done = wait_status(spool, mailout_id, "sending", timeout=60)
+    assert done["expanded"] == done["counters"]["total"] == 20000
+    with store.transaction() as cur:
+        rows, contacts = store.execute(cur, "SELECT COUNT(*), COUNT(DISTINCT contact_id) "
+                                            "FROM notify WHERE mailout_id = ?",
+                                       (mailout_id,)).fetchone()
+    sent = store.mailout_counters(mailout_id)["sent"]
+    store.close()
+    assert contacts == rows and rows + sent == 20000
+
+
+def iso(epoch: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(epoch)) + f"{epoch % 1:.3f}"[1:]
+
+
+def test_campaign_scenario_fires_at_its_time(shop, world):
+    add_contacts(shop, 5)
+    add_template(shop, html=False)
+    shop.cli("campaign", "create", "spring", "--list", "news", "--start", "now", "--end", "+30s")
+    refused = shop.cli("campaign", "add-scenario", "spring", "--template", "news", "--at", "+1h",
+                       check=False)
+    assert refused.returncode != 0 and b"outside campaign 'spring'" in refused.stderr
+    at = time.time() + 2
+    shop.cli("campaign", "add-scenario", "spring", "--template", "news", "--at", iso(at))
+    shop.start()
+    time.sleep(1)
+    assert "scheduled" in shop.cli("campaign", "show", "spring").stdout.decode()
+    assert world.all_messages() == []
+    wait_for(lambda: len(world.all_messages()) == 5, what="the scenario's mailout")
+    assert min(m.at for m in world.all_messages()) >= at
+    shown = shop.cli("campaign", "show", "spring").stdout.decode().splitlines()[-1].split()
+    assert shown[-2:] == ["fired", "1"]  # status, and the mailout it became
+    assert mailout(shop, 1)["campaign_id"] == 1
+
+
+def test_preview_is_what_the_contact_receives(shop, world):
+    add_contacts(shop, 2)
+    add_template(shop)
+    mailout_id = create(shop, "--template", "news", "--list", "news")
+    shop.start()
+    wait_status(shop, mailout_id, "done")
+    address = f"reader1@{DOMAINS[1]}"
+    received = parsed(next(m for m in world.all_messages() if m.rcpt_tos == [address]))
+    preview = email.message_from_bytes(
+        shop.cli("templates", "preview", "news", "--contact", address).stdout,
+        policy=email.policy.default)
+    assert preview.keys() == received.keys()
+    for name in ("From", "To", "Subject", "List-Unsubscribe-Post"):
+        assert preview[name] == received[name]
+    assert preview.get_content_type() == received.get_content_type()
+    token = received["List-Unsubscribe"].split("/")[-1].rstrip(">")
+    preview_token = preview["List-Unsubscribe"].split("/")[-1].rstrip(">")
+    assert check_token(SECRET, preview_token)[0] == check_token(SECRET, token)[0]
+    for kind in ("plain", "html"):
+        assert (preview.get_body((kind,)).get_content().replace(preview_token, "T")
+                == received.get_body((kind,)).get_content().replace(token, "T"))
