@@ -70,6 +70,8 @@ class Mailouts:
                                   config.runner.max_lifetime)
         for mailout_id in step.started:
             self.log.info("mailout_start", mailout=mailout_id)
+        for mailout_id in step.expanded:
+            self.log.info("mailout_expanded", mailout=mailout_id)
         for mailout_id in step.finished:
             self.log.info("mailout_end", mailout=mailout_id)
         self.more = step.more

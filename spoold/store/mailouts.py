@@ -78,6 +78,7 @@ class MailoutStep:
     queued: int = 0
     more: bool = False
     started: list[int] = field(default_factory=list)
+    expanded: list[int] = field(default_factory=list)  # expansion ended in this step
     finished: list[int] = field(default_factory=list)
 
 
@@ -293,7 +294,7 @@ class MailoutOps(ContactOps):
                                     f"ORDER BY priority, id LIMIT 1{self.claim_lock}").fetchone()
             if row is not None:
                 step.queued += self._expand_chunk(cur, self._mailout_row(cur, row[0]), chunk,
-                                                  now)
+                                                  now, step)
             step.more = self.execute(cur, "SELECT 1 FROM mailout WHERE status = 'expanding' "
                                           "LIMIT 1").fetchone() is not None
         return step
@@ -313,6 +314,7 @@ class MailoutOps(ContactOps):
                               "expand_until = ? WHERE id = ?", (now, until, mailout_id))
             if mailout["test_to"]:
                 step.queued += self._queue_test(cur, mailout, now)
+                step.expanded.append(mailout_id)
             started.append(mailout_id)
         return started
 
@@ -331,7 +333,8 @@ class MailoutOps(ContactOps):
                      (len(rows), len(suppressed), mailout["id"]))
         return len(rows)
 
-    def _expand_chunk(self, cur: Any, mailout: dict[str, Any], chunk: int, now: float) -> int:
+    def _expand_chunk(self, cur: Any, mailout: dict[str, Any], chunk: int, now: float,
+                      step: MailoutStep) -> int:
         """Queue the selected contacts with ids in (cursor, cursor + chunk]; returns how many."""
         low = mailout["expand_cursor"]
         high = min(low + chunk, mailout["expand_until"])
@@ -359,6 +362,8 @@ class MailoutOps(ContactOps):
             [mailout["id"], _envelope(mailout), mailout["priority"], now, *spread,
              mailout["expires_at"], *params]).rowcount
         done = high >= mailout["expand_until"]
+        if done:
+            step.expanded.append(mailout["id"])
         self.execute(cur, "UPDATE mailout SET expand_cursor = ?, expanded = expanded + ?, "
                           "skipped_unsubscribed = skipped_unsubscribed + ?, "
                           "skipped_suppressed = skipped_suppressed + ?, status = ? WHERE id = ?",
