@@ -10,7 +10,10 @@ DESCRIPTION
     the configuration; every later line is a job: one destination domain,
     one or more messages, each with its recipients in that domain.
 
-    For each job the child DKIM-signs the final bytes of each message whose
+    A mailout's messages come as a template plus each recipient's fields;
+    the child renders them first (sender.render: Jinja2, sandboxed), one
+    message per recipient, and bounces (5.6.0) a copy that cannot be
+    rendered.  Then it DKIM-signs the final bytes of each message whose
     From domain has a key (sender.signing), decides the destination's TLS
     policy (sender.tlspolicy: smtp.tls_policy, MTA-STS, smtp.tls), looks up
     the domain's MX hosts (sender.mx), then offers the messages to them in
@@ -107,6 +110,7 @@ import sys
 import time
 import traceback
 from typing import BinaryIO
+from collections.abc import Callable
 
 from sender import protocol, trouble
 from sender.protocol import Done, Job, ProtocolError, Result, SenderConfig
@@ -219,6 +223,8 @@ class _Child:
             self.output.result(result)
 
         try:
+            if job.mailings:
+                job = self._render(job, emit)
             # Imported at the first job: dnspython and smtplib are most of the
             # child's start-up time, and a child told to stop needs neither.
             from sender import client, mx, tlspolicy
@@ -262,6 +268,17 @@ class _Child:
                 continue
             kept.append(message)
         job.messages = kept
+
+    @staticmethod
+    def _render(job: Job, emit: Callable[[Result], None]) -> Job:
+        """Render the job's mailout messages; a copy that cannot be rendered bounces."""
+        from sender import render
+
+        job, failed = render.render_job(job)
+        for recipient_id, reason in failed:
+            emit(Result(id=recipient_id, status=trouble.BOUNCED, code=None,
+                        dsn=render.RENDER_FAILED, reply=reason, relay="none", duration=0.0))
+        return job
 
     def wait_limit(self) -> float | None:
         """How long to wait for the next job before the kept connection must close."""

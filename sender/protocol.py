@@ -23,6 +23,21 @@ Runner -> child (stdin)
     still within its DNS TTL: MX host, address and preference in the order
     to try them.  A child given targets skips the DNS lookup.
 
+    A mailout's messages carry no data: the child renders each one
+    (sender/render.py) from the job's "mailings" (one per mailout in the
+    job, given once) and the message's "personal" fields::
+
+        {"job": 8, "domain": "example.org",
+         "mailings": {"3": {"sender": "News <news@example.com>", "subject": "...",
+                            "text": "...", "html": null,
+                            "unsubscribe_url": "https://.../{token}",
+                            "unsubscribe_mailto": "unsubscribe@example.com"}},
+         "messages": [{"sender": "news@example.com", "data": "", "mailing": "3",
+                       "personal": {"contact": {"email": "...", "name": "...",
+                                                "attributes": {...}},
+                                    "token": "..."},
+                       "recipients": [{"id": 42, "to": "bob@example.org"}]}]}
+
     EOF on stdin means "exit now": the child finishes nothing further.
 
 Child -> runner (stdout)
@@ -114,10 +129,32 @@ class Recipient:
 
 
 @dataclass
+class Mailing:
+    """What every message of one mailout shares; the child renders each copy from it."""
+
+    sender: str  # the From header: an address, or "Name <address>"
+    subject: str  # Jinja2 template source, like text and html
+    text: str
+    html: str | None
+    unsubscribe_url: str  # "{token}" stands for the recipient's token
+    unsubscribe_mailto: str  # an address, or "" for none
+
+
+@dataclass
+class Personal:
+    """One mailout recipient's side of the rendering."""
+
+    contact: dict  # email, name, attributes
+    token: str  # unsubscribe token (spoold.unsubscribe)
+
+
+@dataclass
 class Message:
     sender: str
     data: bytes
     recipients: list[Recipient]
+    mailing: str | None = None  # key into Job.mailings: rendered by the child
+    personal: Personal | None = None
 
 
 @dataclass
@@ -125,6 +162,7 @@ class Job:
     job: int
     domain: str
     messages: list[Message]
+    mailings: dict[str, Mailing] = field(default_factory=dict)
     targets: list[Target] | None = None  # a route still fresh: no DNS lookup needed
 
 
@@ -196,42 +234,58 @@ def _decode_targets(value: object) -> list[Target] | None:
             for host, address, preference in value]
 
 
-def encode_job(job: Job) -> bytes:
-    obj = {
-        "job": job.job,
-        "domain": job.domain,
-        "messages": [
-            {
-                "sender": m.sender,
-                "data": base64.b64encode(m.data).decode("ascii"),
-                "recipients": [{"id": r.id, "to": r.to} for r in m.recipients],
-            }
-            for m in job.messages
-        ],
+def _encode_message(m: Message) -> dict:
+    out = {
+        "sender": m.sender,
+        "data": base64.b64encode(m.data).decode("ascii"),
+        "recipients": [{"id": r.id, "to": r.to} for r in m.recipients],
     }
+    if m.mailing is not None:
+        out["mailing"] = m.mailing
+        out["personal"] = asdict(m.personal)
+    return out
+
+
+def encode_job(job: Job) -> bytes:
+    obj = {"job": job.job, "domain": job.domain,
+           "messages": [_encode_message(m) for m in job.messages]}
+    if job.mailings:
+        obj["mailings"] = {key: asdict(mailing) for key, mailing in job.mailings.items()}
     if job.targets:
         obj["targets"] = _encode_targets(job.targets)
     return _line(obj)
 
 
+def _decode_message(m: dict) -> Message:
+    personal = m.get("personal")
+    return Message(
+        sender=str(m["sender"]),
+        data=base64.b64decode(m["data"], validate=True),
+        recipients=[Recipient(int(r["id"]), str(r["to"])) for r in m["recipients"]],
+        mailing=None if m.get("mailing") is None else str(m["mailing"]),
+        personal=None if personal is None else Personal(dict(personal["contact"]),
+                                                        str(personal["token"])),
+    )
+
+
 def decode_job(line: bytes) -> Job:
     obj = _load(line)
     try:
-        return Job(
+        job = Job(
             job=int(obj["job"]),
             domain=str(obj["domain"]),
-            messages=[
-                Message(
-                    sender=str(m["sender"]),
-                    data=base64.b64decode(m["data"], validate=True),
-                    recipients=[Recipient(int(r["id"]), str(r["to"])) for r in m["recipients"]],
-                )
-                for m in obj["messages"]
-            ],
+            messages=[_decode_message(m) for m in obj["messages"]],
+            mailings={str(k): Mailing(**v) for k, v in obj.get("mailings", {}).items()},
             targets=_decode_targets(obj.get("targets")),
         )
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise ProtocolError(f"bad job line: {exc!r}") from None
+    for message in job.messages:
+        if message.mailing is not None and (message.mailing not in job.mailings
+                                            or message.personal is None):
+            raise ProtocolError(f"bad job line: message for mailing {message.mailing!r} "
+                                "without its mailing or personal fields")
+    return job
 
 
 def encode_result(result: Result) -> bytes:

@@ -10,6 +10,7 @@ break into a header or an SMTP command.
 
 from __future__ import annotations
 
+import functools
 import re
 
 import idna
@@ -39,6 +40,7 @@ def _problem(address: str) -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=4096)  # a contact import meets the same few domains a million times
 def domain_to_ascii(domain: str) -> str:
     """Lower-case A-label form of a domain, or AddressError."""
     if not domain:

@@ -126,6 +126,12 @@ def submission_needs_auth(settings: SimpleNamespace) -> bool:
         return settings.listen_address != "localhost"
 
 
+def _unsubscribe_url(value: str) -> str | None:
+    if not value.startswith(("http://", "https://")) or "{token}" not in value:
+        return "must be an http:// or https:// URL containing {token}"
+    return None
+
+
 SETTINGS: tuple[Setting, ...] = (
     Setting("database", "url", "str", "sqlite:///var/lib/spoold/spool.db",
             "Where the queue lives. sqlite://PATH (sqlite:///abs/path or sqlite://path\n"
@@ -280,6 +286,28 @@ SETTINGS: tuple[Setting, ...] = (
             "PEM private key for STARTTLS."),
     Setting("submission", "max_size", "int", 26214400,
             "Largest message taken, in bytes.", minimum=1024),
+    Setting("mailout", "sender", "str", "",
+            "From of mailouts and campaigns unless they name one: an address or\n"
+            "\"Name <address>\"; empty means noreply@ the helo name.  Its address is also\n"
+            "the envelope sender."),
+    Setting("mailout", "secret", "str", "",
+            "Key of the HMAC in unsubscribe links (spoold/unsubscribe.py).  Empty: a random\n"
+            "key is made at first use and kept in the database (table secret), which\n"
+            "every process using that database then shares.  Changing it breaks the\n"
+            "links of mail already sent."),
+    Setting("mailout", "unsubscribe_url", "str", "http://localhost:8080/unsubscribe/{token}",
+            "The unsubscribe link of each mailout message, served by the web UI\n"
+            "({token} is replaced by the recipient's token).", check=_unsubscribe_url),
+    Setting("mailout", "unsubscribe_mailto", "str", "",
+            "Address for mailto: unsubscribe requests in List-Unsubscribe (subject\n"
+            "\"unsubscribe TOKEN\"); empty: the https link only."),
+    Setting("mailout", "expand_chunk", "int", 20000,
+            "Contacts the runner turns into queue rows per transaction when a mailout\n"
+            "starts; each chunk holds up delivery for its length (about 0.1 s).",
+            minimum=1),
+    Setting("mailout", "interval", "duration", 1,
+            "How often the runner looks for mailouts and campaign scenarios that are due.",
+            minimum=0.01),
     Setting("log", "format", "str", "auto",
             "kv (key=value lines for people), json (for journald and machines), or auto:\n"
             "json when started by systemd, kv otherwise.", choices=("auto", "kv", "json")),
@@ -307,6 +335,10 @@ class Config(SimpleNamespace):
     @property
     def helo_name(self) -> str:
         return self.smtp.helo_name or socket.getfqdn()
+
+    @property
+    def mailout_sender(self) -> str:
+        return self.mailout.sender or f"noreply@{self.helo_name}"
 
     @property
     def base_dir(self) -> Path:
@@ -487,6 +519,6 @@ def render_effective(config: Config) -> str:
 def _redact(setting: Setting, value: Any) -> Any:
     if setting.section == "database" and setting.key == "url":
         return re.sub(r"://([^:/@]*):[^@]*@", r"://\1:***@", value)
-    if (setting.section, setting.key) == ("bounces", "secret") and value:
+    if (setting.section, setting.key) in (("bounces", "secret"), ("mailout", "secret")) and value:
         return "***"
     return value

@@ -7,12 +7,17 @@ publishes a null MX, and one has a dead primary MX so mail falls back to the
 second.  It enqueues the messages, runs ``spoold run`` as a real daemon with
 a throw-away SQLite queue, waits until the queue settles, and prints what
 happened: outcomes against what each domain's behaviour predicts, what the
-sinks received, and the delivery rate.  Nothing leaves the loopback range.
+sinks received, and the delivery rate.  Then it sends a small mailout: a
+template with placeholders to a list of contacts spread over the same
+domains (one of them unsubscribed), expanded, rendered and delivered by the
+same daemon, and prints the mailout's counters.  Nothing leaves the
+loopback range.
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import os
 import signal
 import subprocess
@@ -25,10 +30,25 @@ from pathlib import Path
 from spoold import config as config_mod
 from spoold.enqueue import enqueue
 from spoold.fakenet import Behaviour, World
+from spoold.poke import poke
 from spoold.store import store_for
+from spoold.store.contacts import ContactIn
+from spoold.store.mailouts import MailoutSpec
+from spoold.templates import save_template
 
 GREYLIST = Behaviour(tempfail_first=1)
 REJECT = Behaviour(rcpt_reply="550 5.1.1 No such user here")
+CITIES = ("Paris", "Lyon", "Lille", "Nantes", "Brest")
+NEWSLETTER_TEXT = """Hello {{ name }},
+
+The {{ attributes.city }} shop has new arrivals this week.
+
+Unsubscribe: {{ unsubscribe_url }}
+"""
+NEWSLETTER_HTML = """<p>Hello {{ name }},</p>
+<p>The <b>{{ attributes.city }}</b> shop has new arrivals this week.</p>
+<p><a href="{{ unsubscribe_url }}">Unsubscribe</a></p>
+"""
 
 
 @dataclass
@@ -38,6 +58,8 @@ class DemoResult:
     outcomes: dict[str, int]
     received: int
     expected: dict[str, int]
+    mailout: dict[str, int] = dataclasses.field(default_factory=dict)
+    mailout_expected: dict[str, int] = dataclasses.field(default_factory=dict)
 
     @property
     def rate(self) -> float:
@@ -45,7 +67,9 @@ class DemoResult:
 
     @property
     def ok(self) -> bool:
-        return self.outcomes == self.expected and self.received == self.expected.get("sent", 0)
+        mailout_ok = all(self.mailout.get(k) == v for k, v in self.mailout_expected.items())
+        return (self.outcomes == self.expected and mailout_ok
+                and self.received == self.expected.get("sent", 0) + self.mailout.get("sent", 0))
 
 
 def build_world(domains: int) -> tuple[World, dict[str, str]]:
@@ -114,8 +138,40 @@ def _final_outcomes(config: config_mod.Config) -> dict[str, int]:
     return {k: v for k, v in counts.items() if k != "deferred" and v}
 
 
+def run_mailout(config: config_mod.Config, fate: dict[str, str],
+                contacts: int) -> tuple[dict[str, int], dict[str, int]]:
+    """A newsletter to ``contacts`` contacts over the demo's domains; (counters, expected)."""
+    names = list(fate)
+    store = store_for(config)
+    try:
+        store.upsert_contacts([ContactIn(f"customer{i}@{names[i % len(names)]}",
+                                         f"Customer {i}", {"city": CITIES[i % len(CITIES)]})
+                               for i in range(contacts)], "demo-customers")
+        store.unsubscribe_contact(f"customer{contacts - 1}@{names[(contacts - 1) % len(names)]}")
+        save_template(store, "demo-newsletter", "{{ attributes.city }} news for {{ name }}",
+                      NEWSLETTER_TEXT, NEWSLETTER_HTML, create=True)
+        now = time.time()
+        mailout_id = store.create_mailout(MailoutSpec(
+            template="demo-newsletter", sender="Demo Shop <newsletter@demo.spoold.test>",
+            selection="list", list_name="demo-customers", send_at=now, expires_at=now + 3600))
+        poke(config.runner.run_dir)
+        deadline = time.monotonic() + 60 + contacts / 10
+        while store.mailout(mailout_id)["status"] != "done":
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"mailout {mailout_id} did not finish")
+            time.sleep(0.2)
+        counters = store.mailout(mailout_id)["counters"]
+    finally:
+        store.close()
+    fates = collections.Counter(fate[names[i % len(names)]] for i in range(contacts - 1))
+    expected = {"total": contacts, "sent": fates["sent"], "bounced": fates["bounced"],
+                "skipped_unsubscribed": 1}
+    return counters, expected
+
+
 def run_once(messages: int = 1000, domains: int = 20, max_use: int = 100,
-             max_children: int = 20, job_size: int = 20, show: bool = True) -> DemoResult:
+             max_children: int = 20, job_size: int = 20, show: bool = True,
+             contacts: int = 0) -> DemoResult:
     """One demo run in a throw-away directory; returns the figures."""
     world, fate = build_world(domains)
     names = list(fate)
@@ -139,12 +195,19 @@ def run_once(messages: int = 1000, domains: int = 20, max_use: int = 100,
             store.close()
             _wait_settled(config, timeout=120 + messages / 20, show=show)
             seconds = time.monotonic() - started
+            mailout, mailout_expected = (run_mailout(config, fate, contacts) if contacts
+                                         else ({}, {}))
         finally:
             daemon.send_signal(signal.SIGTERM)
             daemon.wait(timeout=60)
         expected = collections.Counter(fate[names[i % len(names)]] for i in range(messages))
-        result = DemoResult(messages, seconds, _final_outcomes(config),
-                            len(world.all_messages()), dict(expected))
+        outcomes = _final_outcomes(config)
+        for status, count in mailout.items():  # the log holds the mailout's outcomes too
+            if status in outcomes:
+                outcomes[status] -= count
+        result = DemoResult(messages, seconds, {k: v for k, v in outcomes.items() if v},
+                            len(world.all_messages()), dict(expected), mailout,
+                            mailout_expected)
         if show:
             _show_log_sample(log_path)
         return result
@@ -162,14 +225,19 @@ def _show_log_sample(log_path: Path) -> None:
             print("  " + line)
 
 
-def run_demo(messages: int = 1000, domains: int = 20) -> int:
-    print(f"spoold demo: {messages} messages to {domains} fake domains on loopback")
-    result = run_once(messages, domains)
+def run_demo(messages: int = 1000, domains: int = 20, contacts: int = 100) -> int:
+    print(f"spoold demo: {messages} messages to {domains} fake domains on loopback, "
+          f"then a mailout to {contacts} contacts")
+    result = run_once(messages, domains, contacts=contacts)
     print(f"Delivered in {result.seconds:.1f} s: {result.rate:.0f} messages/s")
     print("Outcome     got   expected")
     for status in sorted(set(result.outcomes) | set(result.expected)):
         print(f"  {status:9s} {result.outcomes.get(status, 0):5d}  "
               f"{result.expected.get(status, 0):5d}")
+    if result.mailout:
+        print("Mailout 'demo-newsletter' to list demo-customers (one contact unsubscribed):")
+        print("  " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in result.mailout.items()
+                               if v or k in result.mailout_expected))
     print(f"Messages received by the sinks: {result.received}")
     print("OK: every message ended as its domain's behaviour predicts." if result.ok else
           "MISMATCH: see the figures above.")

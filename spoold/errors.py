@@ -70,3 +70,27 @@ class ReportError(SpooldError):
     """A bounce or feedback report names no recipient in any form spoold reads."""
 
     exit_status = 65  # EX_DATAERR
+
+
+class TemplateError(SpooldError):
+    """A template does not compile or names a placeholder nobody provides."""
+
+    exit_status = 65  # EX_DATAERR
+
+
+class FilterError(SpooldError):
+    """A contact filter (mailout create --where) does not parse."""
+
+    exit_status = 64  # EX_USAGE
+
+
+class ContactsFileError(SpooldError):
+    """A contacts file is unreadable or (with --strict) has bad lines."""
+
+    exit_status = 65  # EX_DATAERR
+
+
+class BadToken(SpooldError):
+    """An unsubscribe token is malformed or was not made with our secret."""
+
+    exit_status = 65  # EX_DATAERR

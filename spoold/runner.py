@@ -25,6 +25,11 @@ DESCRIPTION
     else).  It also wakes for the next due row, result flushes, lease
     renewal and hung children.
 
+    Mailouts need no cron either: the loop starts those whose send_at has
+    come, fires due campaign scenarios and expands a mailout into queue rows
+    one chunk per turn (spoold/mailout.py); a mailout's rows go to the
+    children as a template plus each contact's fields, rendered there.
+
     With --drain it delivers everything due and exits when nothing more is
     due (cron mode); rows deferred to a later time stay queued.
 
@@ -65,11 +70,11 @@ CONFIGURATION PARAMETERS
     destination_concurrency (20), job_size (20), claim_batch (500), lease
     (600 s), backoff_min (300 s), backoff_max (4000 s), max_lifetime (5 d),
     child_timeout (3600 s), grace_period (30 s), flush_interval (0.2 s),
-    scan_interval (5 s); [smtp], [dns], [mta_sts] and [dkim] are passed on
-    to the children (paths made absolute; key files are read by the
-    children, never by the runner); [bounces] domain, secret, local_part
-    (VERP envelope senders) and listen_port, [submission] listen_port (the
-    listeners).
+    scan_interval (5 s); [mailout] expand_chunk (20000), interval (1 s);
+    [smtp], [dns], [mta_sts] and [dkim] are passed on to the children (paths
+    made absolute; key files are read by the children, never by the runner);
+    [bounces] domain, secret, local_part (VERP envelope senders) and
+    listen_port, [submission] listen_port (the listeners).
 """
 
 from __future__ import annotations
@@ -95,6 +100,7 @@ from spoold.log import configure as configure_log
 from spoold.log import get_logger, log_file
 from spoold.log import reopen as reopen_log
 from spoold.notify import ServiceNotifier
+from spoold.mailout import Mailouts
 from spoold.poke import PokeSocket
 from spoold.pool import Child, Pool, describe_status
 from spoold.stats import RunnerStats
@@ -179,6 +185,7 @@ class Runner:
         self.store: Store | None = None
         self.stats = RunnerStats()
         self.notifier = ServiceNotifier()
+        self.mailouts = Mailouts()
 
     # -- life cycle -----------------------------------------------------------
 
@@ -252,6 +259,8 @@ class Runner:
                 self._flush()
             if not self.stopping:
                 self._housekeeping(now)
+                if self.mailouts.tick(self.store, self.config, now):
+                    self.want_claim, self.next_scan = True, 0.0
                 self._claim(now)
         except StoreUnavailable as exc:
             self.db_failures += 1
@@ -269,6 +278,8 @@ class Runner:
         deadlines = [now + 5.0, *self.timers.values()]
         if not self.stopping and self._claim_room():
             deadlines.append(max(self.next_scan, self.db_retry_at))
+        if not self.stopping:
+            deadlines.append(max(self.mailouts.next_tick, self.db_retry_at))
         if self.results:
             deadlines.append(self.first_result_at + self.config.runner.flush_interval)
         if self.stopping:
@@ -294,7 +305,8 @@ class Runner:
                 self._feed(child)
 
     def _drained(self) -> bool:
-        if self.want_claim or self.backlog or self.pool.busy_count() or self.results:
+        if (self.want_claim or self.backlog or self.pool.busy_count() or self.results
+                or self.mailouts.more):
             return False
         try:
             due = self.store.next_due()
@@ -332,6 +344,7 @@ class Runner:
         self.backlog_rows = 0
         self.bodies.clear()
         self.body_refs.clear()
+        self.mailouts.forget()
         try:
             self.store.release(self.owner, unstarted)
         except StoreUnavailable as exc:
@@ -393,17 +406,22 @@ class Runner:
         started, wall = time.monotonic(), time.time()
         self.last_claim = now
         rows = self.store.claim(self.owner, room, wall + runner.lease, wall)
-        missing = {r.message_id for r in rows} - self.bodies.keys()
+        missing = {r.message_id for r in rows if not r.mailout_id} - self.bodies.keys()
         self.bodies.update(self.store.bodies(missing))
         done = time.monotonic()
         self.stats.claimed_rows(rows, done - started, done)
+        personal = []
         for row in rows:
             if row.expires_at <= wall:
                 self._record(outcome.expired_unsent(row))
                 continue
             self.backlog.setdefault(row.domain, collections.deque()).append(row)
             self.backlog_rows += 1
-            self.body_refs[row.message_id] += 1
+            if row.mailout_id:
+                personal.append(row)
+            else:
+                self.body_refs[row.message_id] += 1
+        self.mailouts.claimed(self.store, self.config, personal)
         if len(rows) < room:
             self.want_claim = False
             due = self.store.next_due()
@@ -491,16 +509,20 @@ class Runner:
         else:
             self.backlog.move_to_end(domain)
         messages: dict[tuple[int, str], Message] = {}
+        personal = []  # a mailout's rows: one message each, rendered by the child
         for row in rows:
             mail_from = verp.envelope_sender(row.sender, row.id, self.config.bounces)
+            if row.mailout_id:
+                personal.append(self.mailouts.message(row, mail_from))
+                continue
             key = (row.message_id, mail_from)  # with VERP, one transaction per row
             if key not in messages:
                 messages[key] = Message(mail_from, self.bodies[row.message_id], [])
             messages[key].recipients.append(Recipient(row.id, row.recipient))
             self._unref_body(row.message_id)
         self.job_ids += 1
-        child.outbuf += encode_job(Job(self.job_ids, domain, list(messages.values()),
-                                       self._route(domain)))
+        child.outbuf += encode_job(Job(self.job_ids, domain, [*messages.values(), *personal],
+                                       self.mailouts.mailings(personal), self._route(domain)))
         self.pool.assign(child, domain)
         child.pending = {row.id: row for row in rows}
         child.last_heard = time.monotonic()

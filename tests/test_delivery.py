@@ -261,8 +261,8 @@ def test_sigterm_finishes_jobs_in_hand_and_exits_cleanly(world, spool_factory):
 
 
 def test_two_runners_on_mariadb_never_deliver_a_row_twice(world, spool_factory, mysql_url):
-    for i in range(5):
-        world.add_domain(f"d{i}.test")
+    for i in range(5):  # slow enough that one runner cannot finish before the other starts
+        world.add_domain(f"d{i}.test", Behaviour(delay=0.02))
     first = spool_factory(mysql_url, name="a", runner={"claim_batch": 20, "job_size": 5})
     second = spool_factory(mysql_url, name="b", runner={"claim_batch": 20, "job_size": 5})
     rcpts = [f"u{i}@d{i % 5}.test" for i in range(300)]

@@ -43,7 +43,7 @@ def cmd_config(args: argparse.Namespace, config: Config) -> int:
 def cmd_demo(args: argparse.Namespace, config: Config) -> int:
     from spoold.demo import run_demo
 
-    return run_demo(messages=args.messages, domains=args.domains)
+    return run_demo(messages=args.messages, domains=args.domains, contacts=args.contacts)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -64,4 +64,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="deliver mail to a fake internet on loopback")
     p.add_argument("--messages", type=int, default=1000)
     p.add_argument("--domains", type=int, default=20)
+    p.add_argument("--contacts", type=int, default=100, help="contacts of the demo mailout")
     p.set_defaults(handler=cmd_demo)

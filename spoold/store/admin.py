@@ -43,10 +43,10 @@ class AdminOps(QueueOps):
                    recipient: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
         where, params = self._filters(state=state, domain=domain, recipient=recipient)
         with self.transaction(write=False) as cur:
-            rows = self.execute(cur, "SELECT n.id, m.size, n.created_at, n.sender, n.recipient, "
-                                     "n.state, n.attempts, n.not_before, n.last_reply, "
-                                     "n.priority FROM notify n JOIN message m ON "
-                                     f"m.id = n.message_id{where} ORDER BY n.id LIMIT ?",
+            rows = self.execute(cur, "SELECT n.id, COALESCE(m.size, 0), n.created_at, n.sender, "
+                                     "n.recipient, n.state, n.attempts, n.not_before, "
+                                     "n.last_reply, n.priority FROM notify n LEFT JOIN message m "
+                                     f"ON m.id = n.message_id{where} ORDER BY n.id LIMIT ?",
                                 [*params, limit]).fetchall()
         names = ("id", "size", "created_at", "sender", "recipient", "state", "attempts",
                  "not_before", "last_reply", "priority")

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from spoold.store.admin import AdminOps
 from spoold.store.bounces import BounceOps
+from spoold.store.mailouts import MailoutOps
 
 
-class Store(AdminOps, BounceOps):
-    """Queue, log, suppression and operator operations over one database connection."""
+class Store(AdminOps, BounceOps, MailoutOps):
+    """Queue, log, suppression, operator, bounce, contact and mailout operations over one
+    database connection."""

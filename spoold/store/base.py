@@ -23,9 +23,11 @@ PRIORITIES = {"high": 0, "normal": 1, "bulk": 2}
 STATES = ("queued", "active", "held")
 FINAL = ("sent", "bounced", "expired", "deleted")
 _CHUNK = 500
+#: notify.message_id of a mailout's rows: no stored message, the child renders it.
+MAILOUT_MESSAGE = 0
 
 _ROW_COLUMNS = ("id, message_id, sender, recipient, domain, priority, attempts, "
-                "created_at, expires_at, last_code, last_dsn, last_reply")
+                "created_at, expires_at, last_code, last_dsn, last_reply, mailout_id")
 
 
 @dataclass
@@ -42,6 +44,8 @@ class QueueRow:
     last_code: int | None = None
     last_dsn: str | None = None
     last_reply: str | None = None
+    mailout_id: int | None = None  # set on a mailout's rows (message_id is MAILOUT_MESSAGE)
+    # Not a column (the ones above are _ROW_COLUMNS, in order):
     claimed_at: float = 0.0  # runner's monotonic clock when claimed (stats.py)
 
 
@@ -77,6 +81,8 @@ class Backend:
     claim_lock = ""
     #: INSERT variant that skips rows violating a unique key.
     insert_ignore = "INSERT OR IGNORE"
+    #: SQL giving a JSON object's member as a scalar: column, then a bound path.
+    json_value = "json_extract({column}, ?)"
     #: Column types substituted into schema.MIGRATIONS.
     types: ClassVar[dict[str, str]] = {}
 

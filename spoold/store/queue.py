@@ -132,11 +132,12 @@ class QueueOps(Backend):
 
     def _log(self, cur: Any, attempts: Sequence[Attempt], now: float) -> None:
         self.executemany(cur, "INSERT INTO delivery (notify_id, message_id, sender, recipient, "
-                              "domain, status, code, dsn, reply, relay, delay, attempt, at) "
-                              "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                              "domain, status, code, dsn, reply, relay, delay, attempt, at, "
+                              "mailout_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                          [(a.row.id, a.row.message_id, a.row.sender, a.row.recipient,
                            a.row.domain, a.status, a.code, a.dsn, a.reply, a.relay,
-                           max(0.0, now - a.row.created_at), a.row.attempts + 1, now)
+                           max(0.0, now - a.row.created_at), a.row.attempts + 1, now,
+                           a.row.mailout_id)
                           for a in attempts])
 
     def _apply_verdicts(self, cur: Any, attempts: Sequence[Attempt], now: float) -> None:

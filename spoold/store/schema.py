@@ -19,6 +19,24 @@ Tables
     destination_flag  destinations that refused us on policy (blocklist,
                  reputation, authentication...): for the operator and for
                  traffic shaping
+
+Mailouts (migration 4; see spoold/mailout.py)
+    contact            one row per address (email_key = lower-cased, unique),
+                       name, attributes (a JSON object), unsubscribed_at
+    contact_attribute  every attribute name any contact has had (templates
+                       are checked against it)
+    contact_list, list_member   named lists of contacts (many-to-many)
+    template           name, subject, text body, optional HTML body (Jinja2)
+    mailout            one send of a template to a selection of contacts:
+                       status, send_at, expires_at, rate, priority, test
+                       mode, expansion cursor and skip counters
+    mailout_contact    the contacts of a mailout made with --contacts
+    campaign, scenario a timeline on a list; each scenario becomes a mailout
+    secret             generated secrets (the unsubscribe key when unset)
+    notify.mailout_id, notify.contact_id   a mailout's queue rows: unique per
+                       (mailout, contact); message_id is 0 (MAILOUT_MESSAGE),
+                       the child renders the message from the template
+    delivery.mailout_id                    per-mailout counters come from here
 """
 
 MIGRATIONS: list[list[str]] = [
@@ -130,6 +148,104 @@ MIGRATIONS: list[list[str]] = [
             last_at {real} NOT NULL,
             notify_id BIGINT
         ){table}""",
+    ],
+    [
+        """CREATE TABLE contact (
+            id {serial},
+            email VARCHAR(320) NOT NULL,
+            email_key VARCHAR(320) NOT NULL,
+            domain VARCHAR(255) NOT NULL,
+            name VARCHAR(255) NOT NULL DEFAULT '',
+            attributes {text} NOT NULL,
+            created_at {real} NOT NULL,
+            updated_at {real} NOT NULL,
+            unsubscribed_at {real}
+        ){table}""",
+        "CREATE UNIQUE INDEX contact_email ON contact (email_key)",
+        """CREATE TABLE contact_attribute (
+            name VARCHAR(191) NOT NULL PRIMARY KEY
+        ){table}""",
+        """CREATE TABLE contact_list (
+            id {serial},
+            name VARCHAR(191) NOT NULL,
+            created_at {real} NOT NULL
+        ){table}""",
+        "CREATE UNIQUE INDEX contact_list_name ON contact_list (name)",
+        """CREATE TABLE list_member (
+            list_id BIGINT NOT NULL,
+            contact_id BIGINT NOT NULL,
+            PRIMARY KEY (list_id, contact_id)
+        ){table}""",
+        "CREATE INDEX list_member_contact ON list_member (contact_id)",
+        """CREATE TABLE template (
+            id {serial},
+            name VARCHAR(191) NOT NULL,
+            subject {text} NOT NULL,
+            text_body {text} NOT NULL,
+            html_body {text},
+            created_at {real} NOT NULL,
+            updated_at {real} NOT NULL
+        ){table}""",
+        "CREATE UNIQUE INDEX template_name ON template (name)",
+        """CREATE TABLE mailout (
+            id {serial},
+            template_id BIGINT NOT NULL,
+            sender VARCHAR(320) NOT NULL,
+            selection VARCHAR(10) NOT NULL,
+            list_id BIGINT,
+            where_filter {text},
+            status VARCHAR(10) NOT NULL,
+            send_at {real} NOT NULL,
+            expires_at {real} NOT NULL,
+            rate INTEGER,
+            priority INTEGER NOT NULL,
+            test_to {text},
+            test_contact_id BIGINT,
+            campaign_id BIGINT,
+            expand_cursor BIGINT NOT NULL DEFAULT 0,
+            expand_until BIGINT,
+            expanded BIGINT NOT NULL DEFAULT 0,
+            skipped_unsubscribed BIGINT NOT NULL DEFAULT 0,
+            skipped_suppressed BIGINT NOT NULL DEFAULT 0,
+            unsubscribed BIGINT NOT NULL DEFAULT 0,
+            created_at {real} NOT NULL,
+            started_at {real},
+            finished_at {real}
+        ){table}""",
+        "CREATE INDEX mailout_status ON mailout (status, send_at)",
+        """CREATE TABLE mailout_contact (
+            mailout_id BIGINT NOT NULL,
+            contact_id BIGINT NOT NULL,
+            PRIMARY KEY (mailout_id, contact_id)
+        ){table}""",
+        """CREATE TABLE campaign (
+            id {serial},
+            name VARCHAR(191) NOT NULL,
+            list_id BIGINT NOT NULL,
+            sender VARCHAR(320) NOT NULL,
+            starts_at {real} NOT NULL,
+            ends_at {real} NOT NULL,
+            created_at {real} NOT NULL
+        ){table}""",
+        "CREATE UNIQUE INDEX campaign_name ON campaign (name)",
+        """CREATE TABLE scenario (
+            id {serial},
+            campaign_id BIGINT NOT NULL,
+            template_id BIGINT NOT NULL,
+            at {real} NOT NULL,
+            status VARCHAR(10) NOT NULL,
+            mailout_id BIGINT
+        ){table}""",
+        "CREATE INDEX scenario_due ON scenario (status, at)",
+        """CREATE TABLE secret (
+            name VARCHAR(64) NOT NULL PRIMARY KEY,
+            value VARCHAR(255) NOT NULL
+        ){table}""",
+        "ALTER TABLE notify ADD COLUMN mailout_id BIGINT",
+        "ALTER TABLE notify ADD COLUMN contact_id BIGINT",
+        "CREATE UNIQUE INDEX notify_mailout ON notify (mailout_id, contact_id)",
+        "ALTER TABLE delivery ADD COLUMN mailout_id BIGINT",
+        "CREATE INDEX delivery_mailout ON delivery (mailout_id, status)",
     ],
 ]
 

@@ -1,0 +1,158 @@
+"""Reading contacts from a CSV file: ``spoold contacts import FILE.csv``.
+
+The first row names the columns: ``email`` (required), ``name`` (optional),
+and every other column is an attribute (names of letters, digits and ``_``,
+so that templates and --where filters can name them).  The file is UTF-8,
+with or without a byte-order mark, comma-separated with "quoted" fields
+as RFC 4180 has it.
+
+Each data row becomes a ContactIn (the address normalised by
+spoold.address.parse_address); an empty cell leaves that attribute as it
+was.  A row that cannot be one (bad or missing address, wrong number of
+fields, bytes that are not UTF-8) is reported as ``line N: reason`` and the
+good rows still go in, in chunks of ``CHUNK`` per transaction
+(Store.upsert_contacts: a re-import updates, never duplicates).  With
+``strict`` the whole file is checked first and refused, every bad line
+listed, before anything is written.  On a terminal, files over 1 MB show a
+tqdm progress bar on stderr.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from spoold.address import parse_address
+from spoold.errors import AddressError, ContactsFileError
+from spoold.store import Store
+from spoold.store.contacts import ContactIn
+
+CHUNK = 5000
+_ATTRIBUTE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_SURROGATE = re.compile("[\udc80-\udcff]")
+_BAR_FROM = 1 << 20
+
+
+@dataclass
+class ImportReport:
+    inserted: int = 0
+    updated: int = 0
+    bad: list[str] = field(default_factory=list)  # "line N: reason"
+
+
+class _Columns:
+    """The header row: which column is the address, the name, each attribute."""
+
+    def __init__(self, header: list[str], path: Path):
+        names = [h.strip() for h in header]
+        lowered = [n.lower() for n in names]
+        if "email" not in lowered:
+            raise ContactsFileError(f"{path}: line 1: no 'email' column in the header")
+        seen: set[str] = set()
+        for name in lowered:
+            if name in seen:
+                raise ContactsFileError(f"{path}: line 1: column {name!r} appears twice")
+            seen.add(name)
+        self.width = len(names)
+        self.email = lowered.index("email")
+        self.name = lowered.index("name") if "name" in lowered else None
+        self.attributes = [(i, n) for i, n in enumerate(names)
+                           if i not in (self.email, self.name)]
+        for _, name in self.attributes:
+            if not _ATTRIBUTE.match(name):
+                raise ContactsFileError(f"{path}: line 1: column {name!r} is not a usable "
+                                        "attribute name (letters, digits and _ only)")
+
+    def contact(self, row: list[str]) -> ContactIn:
+        """The row as a contact, or ValueError/AddressError saying why not."""
+        if len(row) != self.width:
+            raise ValueError(f"{len(row)} fields where the header has {self.width}")
+        if any(_SURROGATE.search(cell) for cell in row):
+            raise ValueError("not UTF-8 text")
+        email = row[self.email].strip()
+        if not email:
+            raise ValueError("no email address")
+        return ContactIn(email=parse_address(email),
+                         name=None if self.name is None else row[self.name].strip(),
+                         attributes={n: row[i] for i, n in self.attributes if row[i] != ""})
+
+
+def _rows(path: Path, show: bool) -> Iterator[tuple[int, ContactIn | str]]:
+    """(line number, contact or reason) for every data row of the file."""
+    try:
+        raw = open(path, "rb")
+        size = path.stat().st_size
+    except OSError as exc:
+        raise ContactsFileError(f"{path}: {exc.strerror}") from None
+    bar = tqdm(total=size, unit="B", unit_scale=True, desc=path.name, file=sys.stderr,
+               disable=not (show and size >= _BAR_FROM and sys.stderr.isatty()))
+    try:
+        text = io.TextIOWrapper(raw, encoding="utf-8-sig", errors="surrogateescape",
+                                newline="")
+        reader = csv.reader(text)
+        try:
+            header = next(reader)
+        except StopIteration:
+            raise ContactsFileError(f"{path}: the file is empty") from None
+        except csv.Error as exc:
+            raise ContactsFileError(f"{path}: line 1: {exc}") from None
+        columns = _Columns(header, path)
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as exc:
+                yield reader.line_num, str(exc)
+                continue
+            if reader.line_num % 10000 == 0:
+                bar.update(raw.tell() - bar.n)
+            if not any(cell.strip() for cell in row):
+                continue
+            try:
+                yield reader.line_num, columns.contact(row)
+            except (ValueError, AddressError) as exc:
+                yield reader.line_num, str(exc)
+        bar.update(size - bar.n)
+    finally:
+        bar.close()
+        raw.close()
+
+
+def import_contacts(store: Store, path: str | Path, list_name: str | None = None,
+                    strict: bool = False, show_progress: bool = True) -> ImportReport:
+    """Import a CSV file of contacts; see the module's description."""
+    path = Path(path)
+    report = ImportReport()
+    if strict:
+        bad = [f"line {line}: {item}" for line, item in _rows(path, show_progress)
+               if isinstance(item, str)]
+        if bad:
+            raise ContactsFileError(f"{path}: {len(bad)} bad line{'s' * (len(bad) != 1)}, "
+                                    "nothing imported:\n  " + "\n  ".join(bad))
+    batch: list[ContactIn] = []
+    for line, item in _rows(path, show_progress):
+        if isinstance(item, str):
+            report.bad.append(f"line {line}: {item}")
+            continue
+        batch.append(item)
+        if len(batch) >= CHUNK:
+            _write(store, batch, list_name, report)
+    _write(store, batch, list_name, report)
+    return report
+
+
+def _write(store: Store, batch: list[ContactIn], list_name: str | None,
+           report: ImportReport) -> None:
+    if batch:
+        counts = store.upsert_contacts(batch, list_name)
+        report.inserted += counts.inserted
+        report.updated += counts.updated
+        batch.clear()

@@ -1,0 +1,41 @@
+"""Templates as users handle them: checked before they are saved, previewed as sent.
+
+``save_template`` refuses a template that does not compile or that names
+a placeholder or contact attribute nobody provides (TemplateError, every
+problem with its part and line), then stores it.  ``preview`` renders a
+template for one contact with sender.render.render_message, the very code
+the sender child runs, with the settings a mailout would use: what it
+returns is what that contact would receive, headers included (only Date,
+Message-ID and the token's mailout id, 0 here, differ).  The CLI (spoold
+templates ...) and the web UI both call these.
+"""
+
+from __future__ import annotations
+
+from sender.render import check_template, render_message
+from spoold.config import Config
+from spoold.errors import TemplateError
+from spoold.mailout import mailing, personal
+from spoold.store import Store
+from spoold.unsubscribe import secret_for
+
+
+def save_template(store: Store, name: str, subject: str, text: str, html: str | None,
+                  create: bool) -> int:
+    """Check and store a template (``create``: a new one, else replace); returns its id."""
+    if not name.strip():
+        raise TemplateError("a template needs a name")
+    problems = check_template(subject, text, html, store.attribute_names())
+    if problems:
+        raise TemplateError(f"template {name!r} refused:\n  " + "\n  ".join(problems))
+    return store.save_template(name, subject, text, html, create)
+
+
+def preview(config: Config, store: Store, name: str, email: str) -> bytes:
+    """The message the contact ``email`` would receive from template ``name``."""
+    template = store.template(name)
+    contact = store.contact(email)
+    shared = mailing(config, {"sender": config.mailout_sender, **template})
+    fields = personal(secret_for(config, store), 0, contact["id"], contact["email"],
+                      contact["name"], contact["attributes"])
+    return render_message(shared, fields, contact["email"])
