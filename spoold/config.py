@@ -50,6 +50,16 @@ def _database_url(value: str) -> str | None:
     return "must start with sqlite:// or mysql://"
 
 
+def _rate_limit(value: str) -> str | None:
+    from limits import parse_many
+
+    try:
+        parse_many(value)
+    except ValueError:
+        return 'must be a rate like "5 per minute" or "5/minute;20/hour"'
+    return None
+
+
 SETTINGS: tuple[Setting, ...] = (
     Setting("database", "url", "str", "sqlite:///var/lib/spoold/spool.db",
             "Where the queue lives. sqlite://PATH (sqlite:///abs/path or sqlite://path\n"
@@ -134,6 +144,36 @@ SETTINGS: tuple[Setting, ...] = (
             "json when started by systemd, kv otherwise.", choices=("auto", "kv", "json")),
     Setting("log", "level", "str", "info",
             "Least severe level logged.", choices=("debug", "info", "warning", "error")),
+    Setting("webui", "bind", "str", "127.0.0.1",
+            "Address the web UI (spoold-webui) listens on. Anything but loopback exposes\n"
+            "it: put a TLS-terminating proxy in front and set secure_cookies."),
+    Setting("webui", "port", "int", 8025,
+            "TCP port of the web UI.", minimum=0),
+    Setting("webui", "secret_key", "str", "",
+            "Signs the session cookies and CSRF tokens. Empty: a random key is made on\n"
+            "the first start and kept in the database (table webui_state), so restarts\n"
+            "and every UI process on the same database keep sessions. Changing it ends\n"
+            "every session."),
+    Setting("webui", "session_lifetime", "duration", "12h",
+            "A login lasts this long.", minimum=60),
+    Setting("webui", "secure_cookies", "bool", False,
+            "Send cookies over HTTPS only (set it when a TLS proxy is in front)."),
+    Setting("webui", "trusted_proxies", "int", 0,
+            "Reverse proxies in front of the UI whose X-Forwarded-For/-Proto to believe\n"
+            "(the login rate limit counts per client address).", minimum=0),
+    Setting("webui", "login_limit", "str", "5 per minute;30 per hour",
+            "Login attempts allowed per client address, as \"N per second|minute|hour|day\"\n"
+            "rates separated by \";\"; past it the login answers 429.", check=_rate_limit),
+    Setting("webui", "threads", "int", 8,
+            "Requests served at once (waitress worker threads).", minimum=1),
+    Setting("webui", "page_size", "int", 50,
+            "Rows per page in the queue and delivery tables.", minimum=1),
+    Setting("webui", "poll_interval", "duration", 2,
+            "How often the dashboard asks for fresh counters.", minimum=0.5),
+    Setting("webui", "heartbeat_timeout", "duration", 20,
+            "A runner whose heartbeat row is older than this is shown as down.", minimum=1),
+    Setting("webui", "metrics_public", "bool", False,
+            "Serve /metrics without an API token (for a Prometheus on this host)."),
 )
 
 _BY_SECTION: dict[str, dict[str, Setting]] = {}
@@ -306,4 +346,6 @@ def render_effective(config: Config) -> str:
 def _redact(setting: Setting, value: Any) -> Any:
     if setting.section == "database" and setting.key == "url":
         return re.sub(r"://([^:/@]*):[^@]*@", r"://\1:***@", value)
+    if setting.section == "webui" and setting.key == "secret_key" and value:
+        return "***"
     return value

@@ -52,3 +52,9 @@ class NotFound(SpooldError):
     """A queue id or other named object does not exist."""
 
     exit_status = 67  # EX_NOUSER
+
+
+class Exists(SpooldError):
+    """An object to create (a user, say) exists already."""
+
+    exit_status = 73  # EX_CANTCREAT

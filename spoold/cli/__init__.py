@@ -17,11 +17,11 @@ import traceback
 from collections.abc import Sequence
 
 from spoold import config as config_mod
-from spoold.cli import daemon, queue
+from spoold.cli import daemon, queue, users
 from spoold.errors import SpooldError
 from spoold.log import configure as configure_log
 
-GROUPS = (daemon, queue)
+GROUPS = (daemon, queue, users)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -7,7 +7,10 @@ Add a concern as a mixin module beside this one and list it here; backends
 from __future__ import annotations
 
 from spoold.store.admin import AdminOps
+from spoold.store.stats import StatsOps
+from spoold.store.users import UserOps
 
 
-class Store(AdminOps):
-    """Queue, log, suppression and operator operations over one database connection."""
+class Store(AdminOps, StatsOps, UserOps):
+    """Queue, log, suppression, operator, statistics and web UI user operations
+    over one database connection."""

@@ -74,6 +74,9 @@ class Backend:
     claim_lock = ""
     #: INSERT variant that skips rows violating a unique key.
     insert_ignore = "INSERT OR IGNORE"
+    #: Appended to an INSERT of counters so that an existing row adds ``n``
+    #: to its count instead ({keys}: the conflicting primary key's columns).
+    add_on_conflict = " ON CONFLICT ({keys}) DO UPDATE SET n = n + excluded.n"
     #: Column types substituted into schema.MIGRATIONS.
     types: ClassVar[dict[str, str]] = {}
 
@@ -86,6 +89,12 @@ class Backend:
         """A cursor inside one transaction, committed on success."""
         raise NotImplementedError
 
+    @contextmanager
+    def snapshot(self) -> Iterator[Any]:
+        """A cursor for reading only: one consistent view, no write lock taken."""
+        with self.transaction() as cur:
+            yield cur
+
     def execute(self, cur: Any, sql: str, params: Sequence[Any] = ()) -> Any:
         raise NotImplementedError
 
@@ -94,6 +103,14 @@ class Backend:
 
     def last_id(self, cur: Any) -> int:
         return cur.lastrowid
+
+    def _add_counts(self, cur: Any, table: str, keys: Sequence[str],
+                    rows: Sequence[Sequence[Any]]) -> None:
+        """Add each row's last value to the count ``n`` of ``table`` at its key."""
+        columns = ", ".join(keys)
+        self.executemany(cur, f"INSERT INTO {table} ({columns}, n) VALUES "
+                              f"({_marks(keys)}, ?)" + self.add_on_conflict.format(keys=columns),
+                         rows)
 
     def close(self) -> None:
         raise NotImplementedError

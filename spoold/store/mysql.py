@@ -28,6 +28,7 @@ _GONE = {2002, 2003, 2006, 2013, 2055, 1040, 1053, 1205, 1213}
 class MySQLStore(Store):
     claim_lock = " FOR UPDATE SKIP LOCKED"
     insert_ignore = "INSERT IGNORE"
+    add_on_conflict = " ON DUPLICATE KEY UPDATE n = n + VALUES(n)"
     types: ClassVar[dict[str, str]] = {
         "serial": "BIGINT AUTO_INCREMENT PRIMARY KEY",
         "blob": "LONGBLOB",

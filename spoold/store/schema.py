@@ -12,7 +12,32 @@ Tables
     delivery     the log: one row per attempt (sent/deferred/bounced/expired/deleted)
     suppression  addresses never to mail again, with the reply that caused it
     runner       one row per running queue runner: pid, heartbeat, children
+
+Rollups of the delivery log, kept by the transaction that logs each attempt
+(``QueueOps._tally``), so counters and charts never scan the log itself:
+    delivery_minute      attempts per minute (epoch seconds, UTC) and status
+    delivery_domain_day  attempts per UTC day, destination domain and status
+    delivery_total       attempts per status since the log began
+
+The web UI's own tables:
+    webui_user   people who may log in: name, role (admin|viewer), Argon2 hash
+    webui_token  API tokens, stored as SHA-256 digests, each for one user
+    webui_state  small named values, e.g. the generated session signing key
 """
+
+# Refills the rollups from the log: run by the migration that added them, and
+# by ``StatsOps.rebuild_rollups`` (the web UI bench fills the log directly).
+# Migration 2 uses these statements: change them only together with a new
+# migration that redoes the fill.
+ROLLUPS = ("delivery_minute", "delivery_domain_day", "delivery_total")
+ROLLUP_FILL = [
+    "INSERT INTO delivery_minute (minute, status, n) SELECT FLOOR(at / 60) * 60, status, "
+    "COUNT(*) FROM delivery GROUP BY 1, 2",
+    "INSERT INTO delivery_domain_day (day, domain, status, n) SELECT FLOOR(at / 86400) * "
+    "86400, domain, status, COUNT(*) FROM delivery GROUP BY 1, 2, 3",
+    "INSERT INTO delivery_total (status, n) SELECT status, COUNT(*) FROM delivery "
+    "GROUP BY status",
+]
 
 MIGRATIONS: list[list[str]] = [
     [
@@ -79,6 +104,50 @@ MIGRATIONS: list[list[str]] = [
             heartbeat_at {real} NOT NULL,
             children INTEGER NOT NULL,
             max_children INTEGER NOT NULL
+        ){table}""",
+    ],
+    [
+        """CREATE TABLE delivery_minute (
+            minute BIGINT NOT NULL,
+            status VARCHAR(10) NOT NULL,
+            n BIGINT NOT NULL,
+            PRIMARY KEY (minute, status)
+        ){table}""",
+        """CREATE TABLE delivery_domain_day (
+            day BIGINT NOT NULL,
+            domain VARCHAR(255) NOT NULL,
+            status VARCHAR(10) NOT NULL,
+            n BIGINT NOT NULL,
+            PRIMARY KEY (day, domain, status)
+        ){table}""",
+        """CREATE TABLE delivery_total (
+            status VARCHAR(10) NOT NULL PRIMARY KEY,
+            n BIGINT NOT NULL
+        ){table}""",
+        *ROLLUP_FILL,
+        # Keyset pages of the queue filtered by state or recipient, and the
+        # last error per destination domain, without scanning the tables.
+        "CREATE INDEX notify_state ON notify (state, id)",
+        "CREATE INDEX notify_recipient ON notify (recipient)",
+        "CREATE INDEX delivery_domain ON delivery (domain, status, id)",
+        """CREATE TABLE webui_user (
+            id {serial},
+            name VARCHAR(64) NOT NULL UNIQUE,
+            role VARCHAR(8) NOT NULL,
+            password_hash VARCHAR(255) NOT NULL,
+            created_at {real} NOT NULL,
+            password_changed_at {real} NOT NULL,
+            last_login_at {real}
+        ){table}""",
+        """CREATE TABLE webui_token (
+            digest CHAR(64) NOT NULL PRIMARY KEY,
+            user_id BIGINT NOT NULL,
+            created_at {real} NOT NULL
+        ){table}""",
+        "CREATE INDEX webui_token_user ON webui_token (user_id)",
+        """CREATE TABLE webui_state (
+            name VARCHAR(64) NOT NULL PRIMARY KEY,
+            value {text} NOT NULL
         ){table}""",
     ],
 ]

@@ -4,7 +4,8 @@ WAL journal (readers never block the runner), synchronous=FULL (a committed
 outcome survives a power cut, as Postfix's fsync'd queue files do), a busy
 timeout for concurrent writers (the runner, enqueuers, the web UI), and every
 write transaction opened with BEGIN IMMEDIATE so that a claim's SELECT and
-UPDATE see no other writer in between.
+UPDATE see no other writer in between.  Read-only snapshots (the web UI's
+pages, ``spoold queue``) open with a plain BEGIN and never hold up a writer.
 """
 
 from __future__ import annotations
@@ -53,10 +54,10 @@ class SQLiteStore(Store):
             raise _error(path, exc) from None
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Cursor]:
+    def transaction(self, begin: str = "BEGIN IMMEDIATE") -> Iterator[sqlite3.Cursor]:
         cur = self.conn.cursor()
         try:
-            cur.execute("BEGIN IMMEDIATE")
+            cur.execute(begin)
         except sqlite3.Error as exc:
             raise _error(self.path, exc) from None
         try:
@@ -68,6 +69,11 @@ class SQLiteStore(Store):
         except BaseException:
             self._rollback()
             raise
+
+    @contextmanager
+    def snapshot(self) -> Iterator[sqlite3.Cursor]:
+        with self.transaction("BEGIN") as cur:
+            yield cur
 
     def _rollback(self) -> None:
         if self.conn.in_transaction:
