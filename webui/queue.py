@@ -2,7 +2,8 @@
 
 ``/queue`` lists queue rows in id order, filtered by state, domain and
 recipient (exact address), a page at a time (keyset: ``after`` / ``before``
-an id).  Admins tick rows, or "every row matching the filter", and hold,
+an id); ``/queue/ID`` shows one row, its message's headers and its
+attempts.  Admins tick rows, or "every row matching the filter", and hold,
 release, requeue or delete them: ``POST /queue/action``, CSRF-protected,
 through the store's operator verbs (the ones ``spoold hold`` etc. use);
 releasing and requeueing poke the runner so the rows leave at once.
@@ -10,7 +11,9 @@ releasing and requeueing poke the runner so the rows leave at once.
 
 from __future__ import annotations
 
+import email.policy
 import time
+from email.parser import BytesHeaderParser
 from typing import Any
 
 from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
@@ -30,6 +33,8 @@ FILTERS = ("state", "domain", "recipient")
 ACTIONS = {"hold": ("hold", "held"), "release": ("release_held", "released"),
            "requeue": ("requeue", "requeued"), "delete": ("delete", "deleted")}
 COUNT_CAP = 10_000
+# Message headers shown on a row's page.
+HEADERS = ("Subject", "From", "To", "Cc", "Date", "Message-ID")
 
 
 def current_filter(source: Any = None) -> dict[str, str]:
@@ -49,6 +54,22 @@ def index() -> str:
     matching = store().queue_count(**chosen, cap=COUNT_CAP + 1)
     return render_template("queue.html", page=page, filter=chosen, states=STATES,
                            matching=matching, cap=COUNT_CAP, now=time.time(),
+                           actions=ACTIONS if current_user.is_admin else {})
+
+
+@bp.route("/queue/<int:queue_id>")
+@login_required
+def row(queue_id: int) -> str:
+    found = store().queue_row(queue_id)
+    if found is None:
+        abort(404, f"No queued mail with id {queue_id}: it was sent, bounced, expired or "
+                   "deleted (see Statistics, deliveries).")
+    body = store().bodies([found["message_id"]]).get(found["message_id"], b"")
+    headers = BytesHeaderParser(policy=email.policy.default).parsebytes(body)
+    shown = [(name, str(headers[name])) for name in HEADERS if headers[name] is not None]
+    attempts = store().deliveries(queue_id=queue_id, limit=settings().webui.page_size)
+    return render_template("queue_row.html", r=found, headers=shown, size=len(body),
+                           attempts=attempts, now=time.time(),
                            actions=ACTIONS if current_user.is_admin else {})
 
 

@@ -62,6 +62,14 @@ class AdminOps(QueueOps):
         found = [dict(zip(names, row)) for row in rows]
         return found[::-1] if backwards else found
 
+    def queue_row(self, queue_id: int) -> dict[str, Any] | None:
+        """One queue row, every column, or None when it is not (or no longer) queued."""
+        with self.snapshot() as cur:
+            cur = self.execute(cur, "SELECT * FROM notify WHERE id = ?", (queue_id,))
+            names = [column[0] for column in cur.description]
+            row = cur.fetchone()
+        return dict(zip(names, row)) if row else None
+
     def queue_count(self, state: str | None = None, domain: str | None = None,
                     recipient: str | None = None, cap: int = 10_000) -> int:
         """Rows matching a filter, counted up to ``cap`` (a bounded cost on any queue)."""

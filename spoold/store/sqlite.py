@@ -10,6 +10,7 @@ pages, ``spoold queue``) open with a plain BEGIN and never hold up a writer.
 
 from __future__ import annotations
 
+import math
 import sqlite3
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,6 +28,15 @@ def _error(path: Path, exc: sqlite3.Error) -> StoreError:
     text = str(exc)
     kind = StoreUnavailable if any(t in text.lower() for t in _TRANSIENT) else StoreError
     return kind(f"{path}: {text}")
+
+
+def _ensure_floor(conn: sqlite3.Connection) -> None:
+    """FLOOR(), which the rollups use on both backends, where SQLite was built
+    without its math functions."""
+    try:
+        conn.execute("SELECT FLOOR(1.5)")
+    except sqlite3.OperationalError:
+        conn.create_function("FLOOR", 1, math.floor, deterministic=True)
 
 
 class SQLiteStore(Store):
@@ -48,6 +58,7 @@ class SQLiteStore(Store):
             self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.execute("PRAGMA synchronous=FULL")
             self.conn.execute("PRAGMA foreign_keys=ON")
+            _ensure_floor(self.conn)
         except OSError as exc:
             raise StoreError(f"{path}: cannot create database directory: {exc.strerror}") from None
         except sqlite3.Error as exc:

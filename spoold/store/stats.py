@@ -31,9 +31,10 @@ class StatsOps(Backend):
         """(bucket start, status, attempts) in buckets of ``step`` seconds (a multiple
         of 60, aligned on the epoch) from the one holding ``since`` on."""
         with self.snapshot() as cur:
-            rows = self.execute(cur, "SELECT minute - minute % ?, status, SUM(n) FROM "
+            rows = self.execute(cur, "SELECT FLOOR(minute / ?) * ?, status, SUM(n) FROM "
                                      "delivery_minute WHERE minute >= ? GROUP BY 1, 2 "
-                                     "ORDER BY 1", (step, int(since // step * step))).fetchall()
+                                     "ORDER BY 1",
+                                (step, step, int(since // step * step))).fetchall()
         return [(int(start), status, int(n)) for start, status, n in rows]
 
     def top_domains(self, since: float, limit: int = 20) -> list[dict[str, Any]]:
