@@ -34,7 +34,8 @@ _STYLE = Style(
 def _stacked(labels: Sequence[str], counts: dict[str, list[int]], every: int) -> str:
     chart = pygal.StackedBar(js=[], style=_STYLE, width=900, height=300, legend_at_bottom=True,
                              legend_at_bottom_columns=len(SERIES), show_minor_x_labels=False,
-                             x_label_rotation=0, print_values=False, margin=10)
+                             x_label_rotation=0, print_values=False, margin=10,
+                             explicit_size=True, truncate_label=-1)
     chart.x_labels = list(labels)
     chart.x_labels_major = list(labels)[::every]
     for status in SERIES:
