@@ -6,8 +6,15 @@ from __future__ import annotations
 import csv
 import html
 import io
+import json
+import os
 import re
+import signal
+import subprocess
+import sys
 import time
+import urllib.parse
+import urllib.request
 
 import pytest
 from conftest import write_config
@@ -436,3 +443,29 @@ def test_users_commands(spool):
     spool.cli("users", "delete", "olga")
     assert spool.cli("users", "delete", "olga", check=False).returncode == 67
     assert USERS  # the UI's own test users were added by UI() and are untouched
+
+
+def test_demo_starts_the_ui_and_prints_a_login_that_works(tmp_path):
+    demo = subprocess.Popen([sys.executable, "-m", "spoold.cli", "demo", "--messages", "20",
+                             "--domains", "5", "--keep-ui"], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"}, cwd=tmp_path)
+    try:
+        lines = []
+        while not lines or not lines[-1].startswith("The web UI stays up"):
+            line = demo.stdout.readline()
+            assert line, "".join(lines)
+            lines.append(line)
+        url, name, password = re.search(r"Web UI: (\S+)  \(log in as (\w+) / (\S+)\)",
+                                        "".join(lines)).groups()
+        assert url.startswith("http://127.0.0.1:")
+        browser = urllib.request.build_opener(urllib.request.HTTPCookieProcessor())
+        token = re.search(r'name="csrf_token"[^>]*value="([^"]+)"',
+                          browser.open(url + "login").read().decode()).group(1)
+        form = urllib.parse.urlencode({"name": name, "password": password, "csrf_token": token})
+        browser.open(url + "login", data=form.encode())
+        counters = json.loads(browser.open(url + "dashboard.json").read())
+        assert counters["today"]["sent"] == 12 and counters["today"]["bounced"] == 8
+    finally:
+        demo.send_signal(signal.SIGINT)
+        assert demo.wait(timeout=60) == 0
+    assert "OK: every message ended" in "".join(lines)
