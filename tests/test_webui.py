@@ -469,3 +469,26 @@ def test_demo_starts_the_ui_and_prints_a_login_that_works(tmp_path):
         demo.send_signal(signal.SIGINT)
         assert demo.wait(timeout=60) == 0
     assert "OK: every message ended" in "".join(lines)
+
+
+def test_every_page_renders_on_both_databases(make_ui, db_url):
+    ui = make_ui(db_url)
+    ids = _enqueue(ui, 4, "a.test")
+    _record(ui, [("sent", "250 ok"), ("deferred", "451 later"), ("bounced", "550 no")])
+    ui.store.heartbeat("h:1", "h", 1, time.time(), 2, 8)
+    client = ui.client("ann")
+    for path in ("/", "/dashboard.json", "/queue", "/queue?state=queued&domain=a.test",
+                 f"/queue/{ids[1]}", f"/queue?before={ids[-1]}", "/stats", f"/stats?q={ids[0]}",
+                 "/stats/hourly.svg", "/stats/daily.svg", "/stats/deliveries.csv", "/healthz"):
+        response = client.get(path)
+        assert response.status_code == 200, (path, response.get_data(as_text=True)[:500])
+    data = client.get("/dashboard.json").json
+    assert data["today"]["sent"] == 1 and data["queue"]["deferred"] == 1
+    assert "a.test" in client.get("/stats").get_data(as_text=True)
+
+
+def test_the_bench_script_runs_on_a_small_queue():
+    from bench import webui as bench
+
+    report = bench.run(rows=500, runs=1)
+    assert "| queue, deep page (keyset) |" in report and "(met)" in report

@@ -15,7 +15,8 @@ from typing import Any
 from collections.abc import Sequence
 
 from spoold.errors import NotFound
-from spoold.store.base import _ROW_COLUMNS, STATES, Attempt, QueueRow, _chunks, _marks
+from spoold.store.base import (_ROW_COLUMNS, PRIORITIES, STATES, Attempt, QueueRow, _chunks,
+                               _marks)
 from spoold.store.queue import QueueOps
 
 
@@ -25,16 +26,27 @@ class AdminOps(QueueOps):
     # -- reading --------------------------------------------------------------
 
     def state_counts(self) -> dict[str, int]:
-        counts = dict.fromkeys(STATES, 0)
+        """Rows per state, and ``deferred``: queued rows waiting for their next try.
+
+        No query here walks the queued rows (the bulk of a large queue): the
+        total is a plain COUNT(*), which SQLite answers from its b-tree's page
+        counts; the other states are ranges of index notify_state; queued is
+        the rest; deferred rows are ranges of index notify_due, which covers
+        the query.  Every web UI poll and /metrics scrape comes here.
+        """
         now = time.time()
+        priorities = sorted(PRIORITIES.values())
         with self.snapshot() as cur:
-            for state, n in self.execute(cur, "SELECT state, COUNT(*) FROM notify "
-                                              "GROUP BY state").fetchall():
-                counts[state] = n
+            total = self.execute(cur, "SELECT COUNT(*) FROM notify").fetchone()[0]
+            counts = {state: self.execute(cur, "SELECT COUNT(*) FROM notify WHERE state = ?",
+                                          (state,)).fetchone()[0]
+                      for state in STATES if state != "queued"}
+            counts["queued"] = total - sum(counts.values())
             counts["deferred"] = self.execute(
-                cur, "SELECT COUNT(*) FROM notify WHERE state = 'queued' AND attempts > 0 "
-                     "AND not_before > ?", (now,)).fetchone()[0]
-        return counts
+                cur, f"SELECT COUNT(*) FROM notify WHERE state = 'queued' AND priority IN "
+                     f"({_marks(priorities)}) AND not_before > ? AND attempts > 0",
+                [*priorities, now]).fetchone()[0]
+        return {state: counts[state] for state in (*STATES, "deferred")}
 
     def delivery_counts(self, since: float) -> dict[str, int]:
         """Attempts by status logged since ``since``, to the minute (from the rollup)."""

@@ -79,6 +79,8 @@ class Backend:
     add_on_conflict = " ON CONFLICT ({keys}) DO UPDATE SET n = n + excluded.n"
     #: Column types substituted into schema.MIGRATIONS.
     types: ClassVar[dict[str, str]] = {}
+    #: Which statement of a migration's {"sqlite": ..., "mysql": ...} pair to run.
+    dialect: ClassVar[str]
 
     url: str
 
@@ -146,6 +148,8 @@ class Backend:
                              + self.types["table"])
             for number in range(before + 1, LATEST + 1):
                 for statement in MIGRATIONS[number - 1]:
+                    if isinstance(statement, dict):
+                        statement = statement[self.dialect]
                     self.execute(cur, statement.format(**self.types))
                 self.execute(cur, "INSERT INTO schema_version (version) VALUES (?)", (number,))
         return before, LATEST

@@ -1,7 +1,9 @@
 """The database schema, as numbered migrations written once for both dialects.
 
 Each migration is a list of statements with {placeholders} that each backend
-fills with its own column types (see ``TYPES`` in sqlite.py and mysql.py).
+fills with its own column types (see ``types`` in sqlite.py and mysql.py); a
+statement the two dialects cannot share is a {"sqlite": ..., "mysql": ...}
+pair (``Backend.dialect`` picks one).
 ``Store.upgrade()`` applies the ones newer than the version recorded in the
 ``schema_version`` table, in order.  Append a migration to change the schema;
 never edit one that has shipped.
@@ -39,7 +41,7 @@ ROLLUP_FILL = [
     "GROUP BY status",
 ]
 
-MIGRATIONS: list[list[str]] = [
+MIGRATIONS: list[list[str | dict[str, str]]] = [
     [
         """CREATE TABLE message (
             id {serial},
@@ -128,6 +130,11 @@ MIGRATIONS: list[list[str]] = [
         # Keyset pages of the queue filtered by state or recipient, and the
         # last error per destination domain, without scanning the tables.
         "CREATE INDEX notify_state ON notify (state, id)",
+        # The claim's index, extended by attempts so that it covers counting the
+        # deferred rows; attempts only changes along with not_before, so the
+        # runner's updates move no more index entries than before.
+        {"sqlite": "DROP INDEX notify_due", "mysql": "DROP INDEX notify_due ON notify"},
+        "CREATE INDEX notify_due ON notify (state, priority, not_before, attempts)",
         "CREATE INDEX notify_recipient ON notify (recipient)",
         "CREATE INDEX delivery_domain ON delivery (domain, status, id)",
         """CREATE TABLE webui_user (

@@ -40,6 +40,7 @@ def _ensure_floor(conn: sqlite3.Connection) -> None:
 
 
 class SQLiteStore(Store):
+    dialect = "sqlite"
     types: ClassVar[dict[str, str]] = {
         "serial": "INTEGER PRIMARY KEY AUTOINCREMENT",
         "blob": "BLOB",
