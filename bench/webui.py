@@ -36,6 +36,7 @@ from flask.testing import FlaskClient
 from spoold import config as config_mod
 from spoold import passwords
 from spoold.store import store_for
+from spoold.store.sqlite import SQLiteStore
 from webui.app import create_app
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "BENCHMARKS.md"
@@ -196,12 +197,24 @@ def _baselines(path: Path, deep: int) -> list[tuple[str, float, float]]:
                      "GROUP BY domain ORDER BY 2 DESC LIMIT 20", (int(now - 7 * DAY),)),
          _sql_ms(db, "SELECT domain, COUNT(*) FROM delivery WHERE at >= ? GROUP BY domain "
                      "ORDER BY 2 DESC LIMIT 20", (now - 7 * DAY,))),
-        ("queue rows by state (live count, both ways the same)",
-         _sql_ms(db, "SELECT state, COUNT(*) FROM notify GROUP BY state"),
-         _sql_ms(db, "SELECT state, COUNT(*) FROM notify NOT INDEXED GROUP BY state")),
+        ("queue counters: `state_counts()` vs GROUP BY state and the deferred rows read "
+         "one by one (the plan before schema 2)",
+         _call_ms(SQLiteStore(path).state_counts),
+         _sql_ms(db, "SELECT state, COUNT(*) FROM notify GROUP BY state")
+         + _sql_ms(db, "SELECT COUNT(*) FROM notify INDEXED BY notify_state WHERE state = "
+                       "'queued' AND attempts > 0 AND not_before > ?", (now,))),
     ]
     db.close()
     return out
+
+
+def _call_ms(fn: Callable[[], object], runs: int = 3) -> float:
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - started) * 1000)
+    return statistics.median(times)
 
 
 def _timed(what: str, fn: Callable[[], None]) -> float:
@@ -268,6 +281,14 @@ def _report(rows: int, runs: int, fill_s: float, rollup_s: float,
               "What the pages avoid, timed as plain SQL on the same data (median of 3):", "",
               "| query | the page's way, ms | the naive way, ms |", "|---|---|---|"]
     lines += [f"| {what} | {mine:.1f} | {naive:.1f} |" for what, mine, naive in baselines]
+    lines += ["", "How the pages stay flat: lists page by id (keyset), never by OFFSET; the "
+              "figures over time and by domain come from rollups (`delivery_minute`, "
+              "`delivery_domain_day`, `delivery_total`) that the transaction logging each "
+              "attempt keeps exact, never from the log itself; the queue counters take the "
+              "queued rows as the total (a COUNT(*) SQLite answers from its b-tree) less the "
+              "small states, and count deferred rows on index `notify_due`, which covers that "
+              "query. What is left is rendering: pygal draws a chart in about 25 ms, and the "
+              "daily chart groups 30 days of per-minute rollup rows."]
     return "\n".join(lines) + "\n"
 
 

@@ -155,7 +155,7 @@ SETTINGS: tuple[Setting, ...] = (
             "and every UI process on the same database keep sessions. Changing it ends\n"
             "every session."),
     Setting("webui", "session_lifetime", "duration", "12h",
-            "A login lasts this long.", minimum=60),
+            "A login lasts this long after its last request.", minimum=60),
     Setting("webui", "secure_cookies", "bool", False,
             "Send cookies over HTTPS only (set it when a TLS proxy is in front)."),
     Setting("webui", "trusted_proxies", "int", 0,
