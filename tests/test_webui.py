@@ -128,10 +128,15 @@ def test_wrong_password_or_unknown_user_is_refused_and_next_stays_on_site(ui):
                                                "csrf_token": csrf_token(client)})
         assert response.status_code == 401
         assert "Unknown name or wrong password." in response.get_data(as_text=True)
-    response = client.post("/login?next=//evil.example/x",
+    for elsewhere in ("//evil.example/x", "/\\evil.example", "https://evil.example/"):
+        response = client.post("/login", query_string={"next": elsewhere},
+                               data={"name": "ann", "password": "ann-password",
+                                     "csrf_token": csrf_token(client)})
+        assert response.headers["Location"] == "/", elsewhere
+    response = client.post("/login?next=/stats%3Fq%3D7",
                            data={"name": "ann", "password": "ann-password",
                                  "csrf_token": csrf_token(client)})
-    assert response.headers["Location"] == "/"
+    assert response.headers["Location"] == "/stats?q=7"
     assert ui.store.user(name="ann")["last_login_at"] is not None
 
 

@@ -11,6 +11,8 @@ One module per part, each a blueprint:
 
 app.py builds the application (security settings, CSRF, rate limits, the
 navigation), storage.py gives each request thread its own store connection,
-pages.py holds what every page shares (pagination, formatting).  Templates
-and static files ship in the package: the UI needs no network.
+pages.py holds what every page shares (pagination, formatting), charts.py
+draws the statistics charts as SVG.  Templates (templates/, with the shared
+macros in macros.html) and static files (static/) ship in the package: the
+UI needs no network.
 """

@@ -144,7 +144,7 @@ def _login_failed(response: Any) -> bool:
 
 def _safe_next(target: str | None) -> str:
     """A local path to go to after login; anything else (another site) goes home."""
-    if target and target.startswith("/") and not target.startswith("//"):
+    if target and target.startswith("/") and not target.startswith("//") and "\\" not in target:
         parts = urlsplit(target)
         if not parts.scheme and not parts.netloc:
             return target
