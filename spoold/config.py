@@ -45,6 +45,7 @@ class Setting:
     check: Callable[[Any], str | None] | None = None
     # table only: validates one entry, returns its value; raises ValueError naming the problem
     entry: Callable[[str, Any], Any] | None = None
+    secret: bool = False  # shown as *** by spoold config --show
 
 
 def _database_url(value: str) -> str | None:
@@ -129,6 +130,16 @@ def submission_needs_auth(settings: SimpleNamespace) -> bool:
 def _unsubscribe_url(value: str) -> str | None:
     if not value.startswith(("http://", "https://")) or "{token}" not in value:
         return "must be an http:// or https:// URL containing {token}"
+    return None
+
+
+def _rate_limit(value: str) -> str | None:
+    from limits import parse_many
+
+    try:
+        parse_many(value)
+    except ValueError:
+        return 'must be a rate like "5 per minute" or "5/minute;20/hour"'
     return None
 
 
@@ -256,7 +267,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("bounces", "secret", "str", "",
             "Key of the HMAC in VERP addresses (required with a bounce domain): a bounce\n"
             "to a forged address is ignored.  Keep it secret; changing it orphans the\n"
-            "bounces of mail already sent."),
+            "bounces of mail already sent.", secret=True),
     Setting("bounces", "listen_address", "str", "127.0.0.1",
             "Address the bounce receiver listens on (point the bounce domain's MX here)."),
     Setting("bounces", "listen_port", "int", 0,
@@ -294,7 +305,7 @@ SETTINGS: tuple[Setting, ...] = (
             "Key of the HMAC in unsubscribe links (spoold/unsubscribe.py).  Empty: a random\n"
             "key is made at first use and kept in the database (table secret), which\n"
             "every process using that database then shares.  Changing it breaks the\n"
-            "links of mail already sent."),
+            "links of mail already sent.", secret=True),
     Setting("mailout", "unsubscribe_url", "str", "http://localhost:8080/unsubscribe/{token}",
             "The unsubscribe link of each mailout message, served by the web UI\n"
             "({token} is replaced by the recipient's token).", check=_unsubscribe_url),
@@ -317,6 +328,36 @@ SETTINGS: tuple[Setting, ...] = (
             "Where spoold run writes its events: a file (relative to this file's directory),\n"
             "appended to and reopened on SIGUSR1 for logrotate.  Empty means stderr (the\n"
             "journal under systemd).  Other commands always log to stderr."),
+    Setting("webui", "bind", "str", "127.0.0.1",
+            "Address the web UI (spoold-webui) listens on. Anything but loopback exposes\n"
+            "it: put a TLS-terminating proxy in front and set secure_cookies."),
+    Setting("webui", "port", "int", 8025,
+            "TCP port of the web UI.", minimum=0),
+    Setting("webui", "secret_key", "str", "",
+            "Signs the session cookies and CSRF tokens. Empty: a random key is made on\n"
+            "the first start and kept in the database (table secret), so restarts\n"
+            "and every UI process on the same database keep sessions. Changing it ends\n"
+            "every session.", secret=True),
+    Setting("webui", "session_lifetime", "duration", "12h",
+            "A login lasts this long after its last request.", minimum=60),
+    Setting("webui", "secure_cookies", "bool", False,
+            "Send cookies over HTTPS only (set it when a TLS proxy is in front)."),
+    Setting("webui", "trusted_proxies", "int", 0,
+            "Reverse proxies in front of the UI whose X-Forwarded-For/-Proto to believe\n"
+            "(the login rate limit counts per client address).", minimum=0),
+    Setting("webui", "login_limit", "str", "5 per minute;30 per hour",
+            "Login attempts allowed per client address, as \"N per second|minute|hour|day\"\n"
+            "rates separated by \";\"; past it the login answers 429.", check=_rate_limit),
+    Setting("webui", "threads", "int", 8,
+            "Requests served at once (waitress worker threads).", minimum=1),
+    Setting("webui", "page_size", "int", 50,
+            "Rows per page in the queue and delivery tables.", minimum=1),
+    Setting("webui", "poll_interval", "duration", 2,
+            "How often the dashboard asks for fresh counters.", minimum=0.5),
+    Setting("webui", "heartbeat_timeout", "duration", 20,
+            "A runner whose heartbeat row is older than this is shown as down.", minimum=1),
+    Setting("webui", "metrics_public", "bool", False,
+            "Serve /metrics without an API token (for a Prometheus on this host)."),
 )
 
 _BY_SECTION: dict[str, dict[str, Setting]] = {}
@@ -519,6 +560,6 @@ def render_effective(config: Config) -> str:
 def _redact(setting: Setting, value: Any) -> Any:
     if setting.section == "database" and setting.key == "url":
         return re.sub(r"://([^:/@]*):[^@]*@", r"://\1:***@", value)
-    if (setting.section, setting.key) in (("bounces", "secret"), ("mailout", "secret")) and value:
+    if setting.secret and value:
         return "***"
     return value

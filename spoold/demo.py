@@ -12,6 +12,12 @@ template with placeholders to a list of contacts spread over the same
 domains (one of them unsubscribed), expanded, rendered and delivered by the
 same daemon, and prints the mailout's counters.  Nothing leaves the
 loopback range.
+
+It also starts the web UI (``spoold-webui``) on a free loopback port over
+the same queue and prints its address and a one-time admin login, so the
+dashboard can be watched while the demo runs; ``--keep-ui`` keeps it up
+after the delivery, until Ctrl-C.  The daemon and the UI are stopped at the
+end, and the throw-away directory removed.
 """
 
 from __future__ import annotations
@@ -19,17 +25,21 @@ from __future__ import annotations
 import collections
 import dataclasses
 import os
+import re
+import secrets
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from spoold import config as config_mod
 from spoold.enqueue import enqueue
 from spoold.fakenet import Behaviour, World
+from spoold.passwords import hash_password
 from spoold.poke import poke
 from spoold.store import store_for
 from spoold.store.contacts import ContactIn
@@ -169,10 +179,41 @@ def run_mailout(config: config_mod.Config, fate: dict[str, str],
     return counters, expected
 
 
+def _start_webui(config: config_mod.Config, env: dict[str, str],
+                 work: Path) -> tuple[subprocess.Popen, str, str]:
+    """The web UI on a free loopback port, with a fresh admin "demo": (process, URL, password)."""
+    password = secrets.token_urlsafe(9)
+    store = store_for(config)
+    try:
+        store.add_user("demo", "admin", hash_password(password))
+    finally:
+        store.close()
+    log_path = work / "webui.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "webui", "--port", "0"], env=env,
+                                stdout=log, stderr=log)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        match = re.search(r"webui_listening url=(\S+)", log_path.read_text())
+        if match:
+            return proc, match.group(1), password
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    raise RuntimeError(f"the web UI did not start: {log_path.read_text()[-500:]}")
+
+
 def run_once(messages: int = 1000, domains: int = 20, max_use: int = 100,
              max_children: int = 20, job_size: int = 20, show: bool = True,
-             contacts: int = 0) -> DemoResult:
-    """One demo run in a throw-away directory; returns the figures."""
+             contacts: int = 0, webui: bool = False,
+             done: Callable[[DemoResult], None] | None = None) -> DemoResult:
+    """One demo run in a throw-away directory; returns the figures.
+
+    With ``webui`` the web UI runs alongside; ``done`` is called with the
+    figures while everything still runs (the demo's --keep-ui waits there).
+    """
     world, fate = build_world(domains)
     names = list(fate)
     with world, tempfile.TemporaryDirectory(prefix="spoold-demo-") as tmp:
@@ -180,6 +221,10 @@ def run_once(messages: int = 1000, domains: int = 20, max_use: int = 100,
         config = write_demo_config(work / "spoold.toml", world, work, max_use, max_children,
                                    job_size)
         env = {**os.environ, "SPOOLD_CONFIG": str(config.path)}
+        ui = None
+        if webui:
+            ui, url, password = _start_webui(config, env, work)
+            print(f"Web UI: {url}  (log in as demo / {password})")
         log_path = work / "spoold.log"
         with open(log_path, "wb") as log:
             daemon = subprocess.Popen([sys.executable, "-m", "spoold.cli", "run"], env=env,
@@ -197,19 +242,23 @@ def run_once(messages: int = 1000, domains: int = 20, max_use: int = 100,
             seconds = time.monotonic() - started
             mailout, mailout_expected = (run_mailout(config, fate, contacts) if contacts
                                          else ({}, {}))
+            expected = collections.Counter(fate[names[i % len(names)]] for i in range(messages))
+            outcomes = _final_outcomes(config)
+            for status, count in mailout.items():  # the log holds the mailout's outcomes too
+                if status in outcomes:
+                    outcomes[status] -= count
+            result = DemoResult(messages, seconds, {k: v for k, v in outcomes.items() if v},
+                                len(world.all_messages()), dict(expected), mailout,
+                                mailout_expected)
+            if show:
+                _show_log_sample(log_path)
+            if done:
+                done(result)
         finally:
-            daemon.send_signal(signal.SIGTERM)
-            daemon.wait(timeout=60)
-        expected = collections.Counter(fate[names[i % len(names)]] for i in range(messages))
-        outcomes = _final_outcomes(config)
-        for status, count in mailout.items():  # the log holds the mailout's outcomes too
-            if status in outcomes:
-                outcomes[status] -= count
-        result = DemoResult(messages, seconds, {k: v for k, v in outcomes.items() if v},
-                            len(world.all_messages()), dict(expected), mailout,
-                            mailout_expected)
-        if show:
-            _show_log_sample(log_path)
+            for proc in (daemon, ui):
+                if proc is not None:
+                    proc.send_signal(signal.SIGTERM)
+                    proc.wait(timeout=60)
         return result
 
 
@@ -225,10 +274,27 @@ def _show_log_sample(log_path: Path) -> None:
             print("  " + line)
 
 
-def run_demo(messages: int = 1000, domains: int = 20, contacts: int = 100) -> int:
+def _keep_ui(result: DemoResult) -> None:
+    _report(result)
+    print("The web UI stays up until Ctrl-C.")
+    try:
+        signal.pause()
+    except KeyboardInterrupt:
+        print()
+
+
+def run_demo(messages: int = 1000, domains: int = 20, contacts: int = 100,
+             keep_ui: bool = False) -> int:
     print(f"spoold demo: {messages} messages to {domains} fake domains on loopback, "
           f"then a mailout to {contacts} contacts")
-    result = run_once(messages, domains, contacts=contacts)
+    result = run_once(messages, domains, contacts=contacts, webui=True,
+                      done=_keep_ui if keep_ui else None)
+    if not keep_ui:
+        _report(result)
+    return 0 if result.ok else 1
+
+
+def _report(result: DemoResult) -> None:
     print(f"Delivered in {result.seconds:.1f} s: {result.rate:.0f} messages/s")
     print("Outcome     got   expected")
     for status in sorted(set(result.outcomes) | set(result.expected)):
@@ -241,4 +307,3 @@ def run_demo(messages: int = 1000, domains: int = 20, contacts: int = 100) -> in
     print(f"Messages received by the sinks: {result.received}")
     print("OK: every message ended as its domain's behaviour predicts." if result.ok else
           "MISMATCH: see the figures above.")
-    return 0 if result.ok else 1

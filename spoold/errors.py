@@ -94,3 +94,9 @@ class BadToken(SpooldError):
     """An unsubscribe token is malformed or was not made with our secret."""
 
     exit_status = 65  # EX_DATAERR
+
+
+class Exists(SpooldError):
+    """An object to create (a user, say) exists already."""
+
+    exit_status = 73  # EX_CANTCREAT

@@ -57,7 +57,22 @@ class LogFile:
         self.stream.close()
 
 
-_target: IO[str] | LogFile = sys.stderr
+class _Stderr:
+    """Whatever sys.stderr is when an event is written: a program (or a test) that
+    embeds spoold and swaps sys.stderr later still gets the events, and a
+    closed old stream is never written to."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+    def fileno(self) -> int:
+        return sys.stderr.fileno()
+
+
+_target: _Stderr | LogFile = _Stderr()
 
 
 def _json_wanted(fmt: str) -> bool:
@@ -86,7 +101,7 @@ def log_file(config: Any) -> Path | None:
 def configure(fmt: str = "auto", level: str = "info", file: Path | None = None) -> None:
     """Set up structlog; events go to ``file`` (appending) or, without one, stderr."""
     global _target
-    target: IO[str] | LogFile = sys.stderr
+    target: _Stderr | LogFile = _Stderr()
     if file is not None:
         try:
             target = LogFile(file)

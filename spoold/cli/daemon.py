@@ -1,7 +1,7 @@
 """Commands that run things: the daemon, the demo, schema upgrades, settings.
 
     spoold run [--drain]        the queue runner (spoold/runner.py)
-    spoold demo                 delivery to a fake internet on loopback
+    spoold demo [--keep-ui]     delivery to a fake internet on loopback, with the web UI
     spoold db upgrade           create or upgrade the schema
     spoold config [--show|--defaults]
 """
@@ -43,7 +43,8 @@ def cmd_config(args: argparse.Namespace, config: Config) -> int:
 def cmd_demo(args: argparse.Namespace, config: Config) -> int:
     from spoold.demo import run_demo
 
-    return run_demo(messages=args.messages, domains=args.domains, contacts=args.contacts)
+    return run_demo(messages=args.messages, domains=args.domains, contacts=args.contacts,
+                    keep_ui=args.keep_ui)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -65,4 +66,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--messages", type=int, default=1000)
     p.add_argument("--domains", type=int, default=20)
     p.add_argument("--contacts", type=int, default=100, help="contacts of the demo mailout")
+    p.add_argument("--keep-ui", action="store_true",
+                   help="keep the web UI running after the delivery, until Ctrl-C")
     p.set_defaults(handler=cmd_demo)

@@ -3,6 +3,9 @@
 What ``spoold queue|status|log|hold|release|requeue|delete|flush`` and
 ``spoold suppression`` (and the web UI) read and change.  Deleting logs each
 row as ``deleted`` in the transaction that removes it, like a final outcome.
+The verbs take queue ids, or a filter (state, domain, recipient: every row
+matching all that are given); listings page by id (keyset: ``after`` /
+``before`` an id), so a deep page costs what the first one does.
 """
 
 from __future__ import annotations
@@ -12,7 +15,8 @@ from typing import Any
 from collections.abc import Sequence
 
 from spoold.errors import NotFound
-from spoold.store.base import _ROW_COLUMNS, STATES, Attempt, QueueRow, _chunks, _marks
+from spoold.store.base import (_ROW_COLUMNS, PRIORITIES, STATES, Attempt, QueueRow, _chunks,
+                               _marks)
 from spoold.store.queue import QueueOps
 
 
@@ -22,35 +26,69 @@ class AdminOps(QueueOps):
     # -- reading --------------------------------------------------------------
 
     def state_counts(self) -> dict[str, int]:
-        counts = dict.fromkeys(STATES, 0)
+        """Rows per state, and ``deferred``: queued rows waiting for their next try.
+
+        No query here walks the queued rows (the bulk of a large queue): the
+        total is a plain COUNT(*), which SQLite answers from its b-tree's page
+        counts; the other states are ranges of index notify_state; queued is
+        the rest; deferred rows are ranges of index notify_due, which covers
+        the query.  Every web UI poll and /metrics scrape comes here.
+        """
         now = time.time()
+        priorities = sorted(PRIORITIES.values())
         with self.transaction(write=False) as cur:
-            for state, n in self.execute(cur, "SELECT state, COUNT(*) FROM notify "
-                                              "GROUP BY state").fetchall():
-                counts[state] = n
+            total = self.execute(cur, "SELECT COUNT(*) FROM notify").fetchone()[0]
+            counts = {state: self.execute(cur, "SELECT COUNT(*) FROM notify WHERE state = ?",
+                                          (state,)).fetchone()[0]
+                      for state in STATES if state != "queued"}
+            counts["queued"] = total - sum(counts.values())
             counts["deferred"] = self.execute(
-                cur, "SELECT COUNT(*) FROM notify WHERE state = 'queued' AND attempts > 0 "
-                     "AND not_before > ?", (now,)).fetchone()[0]
-        return counts
+                cur, f"SELECT COUNT(*) FROM notify WHERE state = 'queued' AND priority IN "
+                     f"({_marks(priorities)}) AND not_before > ? AND attempts > 0",
+                [*priorities, now]).fetchone()[0]
+        return {state: counts[state] for state in (*STATES, "deferred")}
 
     def delivery_counts(self, since: float) -> dict[str, int]:
+        """Attempts by status logged since ``since``, to the minute (from the rollup)."""
         with self.transaction(write=False) as cur:
-            rows = self.execute(cur, "SELECT status, COUNT(*) FROM delivery WHERE at >= ? "
-                                     "GROUP BY status", (since,)).fetchall()
-        return dict(rows)
+            rows = self.execute(cur, "SELECT status, SUM(n) FROM delivery_minute WHERE "
+                                     "minute >= ? GROUP BY status",
+                                (int(since // 60 * 60),)).fetchall()
+        return {status: int(n) for status, n in rows}
 
     def queue_rows(self, state: str | None = None, domain: str | None = None,
-                   recipient: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+                   recipient: str | None = None, limit: int = 1000, after: int | None = None,
+                   before: int | None = None) -> list[dict[str, Any]]:
+        """Queue rows in id order: the first ``limit``, or those right after / before an id."""
         where, params = self._filters(state=state, domain=domain, recipient=recipient)
+        where, params, order, backwards = _keyset(where, params, after, before)
         with self.transaction(write=False) as cur:
             rows = self.execute(cur, "SELECT n.id, COALESCE(m.size, 0), n.created_at, n.sender, "
                                      "n.recipient, n.state, n.attempts, n.not_before, "
-                                     "n.last_reply, n.priority FROM notify n LEFT JOIN message m "
-                                     f"ON m.id = n.message_id{where} ORDER BY n.id LIMIT ?",
+                                     "n.last_reply, n.priority, n.domain, n.last_dsn FROM notify n "
+                                     f"LEFT JOIN message m ON m.id = n.message_id{where} "
+                                     f"ORDER BY n.id {order} LIMIT ?",
                                 [*params, limit]).fetchall()
         names = ("id", "size", "created_at", "sender", "recipient", "state", "attempts",
-                 "not_before", "last_reply", "priority")
-        return [dict(zip(names, row)) for row in rows]
+                 "not_before", "last_reply", "priority", "domain", "last_dsn")
+        found = [dict(zip(names, row)) for row in rows]
+        return found[::-1] if backwards else found
+
+    def queue_row(self, queue_id: int) -> dict[str, Any] | None:
+        """One queue row, every column, or None when it is not (or no longer) queued."""
+        with self.transaction(write=False) as cur:
+            cur = self.execute(cur, "SELECT * FROM notify WHERE id = ?", (queue_id,))
+            names = [column[0] for column in cur.description]
+            row = cur.fetchone()
+        return dict(zip(names, row)) if row else None
+
+    def queue_count(self, state: str | None = None, domain: str | None = None,
+                    recipient: str | None = None, cap: int = 10_000) -> int:
+        """Rows matching a filter, counted up to ``cap`` (a bounded cost on any queue)."""
+        where, params = self._filters(state=state, domain=domain, recipient=recipient)
+        with self.transaction(write=False) as cur:
+            return self.execute(cur, f"SELECT COUNT(*) FROM (SELECT 1 FROM notify n{where} "
+                                     "LIMIT ?) capped", [*params, cap]).fetchone()[0]
 
     def summary(self) -> list[tuple[str, str, int]]:
         """(domain, state, count) for the whole queue."""
@@ -62,13 +100,23 @@ class AdminOps(QueueOps):
     _DELIVERY = ("id", "notify_id", "recipient", "status", "code", "dsn", "reply", "relay",
                  "delay", "attempt", "at")
 
-    def deliveries(self, recipient: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
-        """The latest attempts, newest first."""
-        where, params = ("", []) if recipient is None else (" WHERE recipient = ?", [recipient])
+    def deliveries(self, recipient: str | None = None, limit: int = 100,
+                   queue_id: int | None = None, before: int | None = None,
+                   after: int | None = None) -> list[dict[str, Any]]:
+        """Logged attempts, newest first: the latest ``limit``, or those older than
+        ``before`` / newer than ``after`` (log ids), for a recipient or a queue id."""
+        where, params = self._filters(recipient=recipient, notify_id=queue_id)
+        where, params, order, backwards = _keyset(where, params, after, before,
+                                                  newest_first=True)
         with self.transaction(write=False) as cur:
-            rows = self.execute(cur, f"SELECT {', '.join(self._DELIVERY)} FROM delivery{where} "
-                                     "ORDER BY id DESC LIMIT ?", [*params, limit]).fetchall()
-        return [dict(zip(self._DELIVERY, row)) for row in rows]
+            rows = self.execute(cur, "SELECT n.notify_id, n.recipient, n.status, n.code, n.dsn, "
+                                     "n.reply, n.relay, n.delay, n.attempt, n.at, n.id, n.sender "
+                                     f"FROM delivery n{where} ORDER BY n.id {order} LIMIT ?",
+                                [*params, limit]).fetchall()
+        names = ("notify_id", "recipient", "status", "code", "dsn", "reply", "relay", "delay",
+                 "attempt", "at", "id", "sender")
+        found = [dict(zip(names, row)) for row in rows]
+        return found[::-1] if backwards else found
 
     def deliveries_after(self, after_id: int, recipient: str | None = None,
                          limit: int = 1000) -> list[dict[str, Any]]:
@@ -83,7 +131,8 @@ class AdminOps(QueueOps):
     # -- operator actions -----------------------------------------------------
 
     @staticmethod
-    def _filters(ids: Sequence[int] | None = None, **equal: str | None) -> tuple[str, list[Any]]:
+    def _filters(ids: Sequence[int] | None = None,
+                 **equal: str | int | None) -> tuple[str, list[Any]]:
         clauses, params = [], []
         if ids is not None:
             clauses.append(f"n.id IN ({_marks(ids)})")
@@ -94,9 +143,14 @@ class AdminOps(QueueOps):
                 params.append(value)
         return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
 
-    def _select_ids(self, cur: Any, ids: Sequence[int] | None, domain: str | None,
+    def _select_ids(self, cur: Any, ids: Sequence[int] | None, match: dict[str, str | None],
                     states: Sequence[str]) -> list[int]:
-        where, params = self._filters(ids, domain=domain)
+        wanted = match.get("state")
+        states = [s for s in states if wanted in (None, s)]
+        if not states:
+            return []
+        where, params = self._filters(ids, domain=match.get("domain"),
+                                      recipient=match.get("recipient"))
         joiner = " AND " if where else " WHERE "
         sql = (f"SELECT n.id FROM notify n{where}{joiner}n.state IN ({_marks(states)})"
                f"{self.claim_lock}")
@@ -111,26 +165,35 @@ class AdminOps(QueueOps):
         if missing:
             raise NotFound(f"no queued mail with id {', '.join(map(str, missing))}")
 
-    def _set_state(self, ids: Sequence[int] | None, domain: str | None, from_states: Sequence[str],
-                   assignments: str, params: Sequence[Any] = ()) -> int:
+    def _set_state(self, ids: Sequence[int] | None, match: dict[str, str | None],
+                   from_states: Sequence[str], assignments: str,
+                   params: Sequence[Any] = ()) -> int:
         with self.transaction() as cur:
             self._check_ids(cur, ids)
-            chosen = self._select_ids(cur, ids, domain, from_states)
+            chosen = self._select_ids(cur, ids, match, from_states)
             for chunk in _chunks(chosen):
                 self.execute(cur, f"UPDATE notify SET {assignments} WHERE id IN "
                                   f"({_marks(chunk)})", [*params, *chunk])
         return len(chosen)
 
-    def hold(self, ids: Sequence[int] | None = None, domain: str | None = None) -> int:
-        return self._set_state(ids, domain, ("queued",), "state = 'held'")
+    # Each verb takes queue ids (all must exist), or a filter: every row of the
+    # given state, domain and recipient (all of them when none is given).
 
-    def release_held(self, ids: Sequence[int] | None = None, domain: str | None = None) -> int:
-        return self._set_state(ids, domain, ("held",), "state = 'queued'")
+    def hold(self, ids: Sequence[int] | None = None, domain: str | None = None,
+             state: str | None = None, recipient: str | None = None) -> int:
+        return self._set_state(ids, {"domain": domain, "state": state, "recipient": recipient},
+                               ("queued",), "state = 'held'")
 
-    def requeue(self, ids: Sequence[int] | None = None, domain: str | None = None) -> int:
+    def release_held(self, ids: Sequence[int] | None = None, domain: str | None = None,
+                     state: str | None = None, recipient: str | None = None) -> int:
+        return self._set_state(ids, {"domain": domain, "state": state, "recipient": recipient},
+                               ("held",), "state = 'queued'")
+
+    def requeue(self, ids: Sequence[int] | None = None, domain: str | None = None,
+                state: str | None = None, recipient: str | None = None) -> int:
         """Queued or held rows become due now with a fresh retry schedule."""
-        return self._set_state(ids, domain, ("queued", "held"),
-                               "state = 'queued', not_before = ?, attempts = 0",
+        return self._set_state(ids, {"domain": domain, "state": state, "recipient": recipient},
+                               ("queued", "held"), "state = 'queued', not_before = ?, attempts = 0",
                                (time.time(),))
 
     def flush(self) -> int:
@@ -140,12 +203,14 @@ class AdminOps(QueueOps):
             return self.execute(cur, "UPDATE notify SET not_before = ? WHERE state = 'queued' "
                                      "AND not_before > ?", (now, now)).rowcount
 
-    def delete(self, ids: Sequence[int] | None = None, domain: str | None = None) -> int:
+    def delete(self, ids: Sequence[int] | None = None, domain: str | None = None,
+               state: str | None = None, recipient: str | None = None) -> int:
         """Remove queued or held rows, logging each as ``deleted``."""
         now = time.time()
         with self.transaction() as cur:
             self._check_ids(cur, ids)
-            chosen = self._select_ids(cur, ids, domain, ("queued", "held"))
+            chosen = self._select_ids(cur, ids, {"domain": domain, "state": state,
+                                                 "recipient": recipient}, ("queued", "held"))
             attempts = []
             for chunk in _chunks(chosen):
                 rows = self.execute(cur, f"SELECT {_ROW_COLUMNS} FROM notify WHERE id IN "
@@ -172,3 +237,22 @@ class AdminOps(QueueOps):
             self.execute(cur, "DELETE FROM soft_bounce WHERE address = ?", (address.lower(),))
             return self.execute(cur, "DELETE FROM suppression WHERE address = ?",
                                 (address.lower(),)).rowcount > 0
+
+
+def _keyset(where: str, params: list[Any], after: int | None, before: int | None,
+            newest_first: bool = False) -> tuple[str, list[Any], str, bool]:
+    """Add "id above ``after`` / below ``before``" to a filter.
+
+    Returns the filter, its parameters, the order to read in and whether the
+    rows read must be reversed: a page towards the top of the list is read
+    from its bound outwards (the opposite order), so LIMIT keeps the rows
+    nearest the bound.
+    """
+    for bound, op in ((after, ">"), (before, "<")):
+        if bound is not None:
+            where += (" AND " if where else " WHERE ") + f"n.id {op} ?"
+            params = [*params, bound]
+    top, bottom = (after, before) if newest_first else (before, after)
+    towards_top = top is not None and bottom is None
+    ascending = newest_first == towards_top
+    return where, params, "ASC" if ascending else "DESC", towards_top

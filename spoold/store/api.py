@@ -9,8 +9,10 @@ from __future__ import annotations
 from spoold.store.admin import AdminOps
 from spoold.store.bounces import BounceOps
 from spoold.store.mailouts import MailoutOps
+from spoold.store.stats import StatsOps
+from spoold.store.users import UserOps
 
 
-class Store(AdminOps, BounceOps, MailoutOps):
-    """Queue, log, suppression, operator, bounce, contact and mailout operations over one
-    database connection."""
+class Store(AdminOps, BounceOps, MailoutOps, StatsOps, UserOps):
+    """Queue, log, suppression, operator, bounce, contact, mailout, statistics and web UI
+    user operations over one database connection."""

@@ -11,6 +11,7 @@ rewrite them.
 
 from __future__ import annotations
 
+import secrets
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -83,8 +84,13 @@ class Backend:
     insert_ignore = "INSERT OR IGNORE"
     #: SQL giving a JSON object's member as a scalar: column, then a bound path.
     json_value = "json_extract({column}, ?)"
+    #: Appended to an INSERT of counters so that an existing row adds ``n``
+    #: to its count instead ({keys}: the conflicting primary key's columns).
+    add_on_conflict = " ON CONFLICT ({keys}) DO UPDATE SET n = n + excluded.n"
     #: Column types substituted into schema.MIGRATIONS.
     types: ClassVar[dict[str, str]] = {}
+    #: Which statement of a migration's {"sqlite": ..., "mysql": ...} pair to run.
+    dialect: ClassVar[str]
 
     url: str
 
@@ -108,6 +114,14 @@ class Backend:
 
     def last_id(self, cur: Any) -> int:
         return cur.lastrowid
+
+    def _add_counts(self, cur: Any, table: str, keys: Sequence[str],
+                    rows: Sequence[Sequence[Any]]) -> None:
+        """Add each row's last value to the count ``n`` of ``table`` at its key."""
+        columns = ", ".join(keys)
+        self.executemany(cur, f"INSERT INTO {table} ({columns}, n) VALUES "
+                              f"({_marks(keys)}, ?)" + self.add_on_conflict.format(keys=columns),
+                         rows)
 
     def close(self) -> None:
         raise NotImplementedError
@@ -143,6 +157,8 @@ class Backend:
                              + self.types["table"])
             for number in range(before + 1, LATEST + 1):
                 for statement in MIGRATIONS[number - 1]:
+                    if isinstance(statement, dict):
+                        statement = statement[self.dialect]
                     self.execute(cur, statement.format(**self.types))
                 self.execute(cur, "INSERT INTO schema_version (version) VALUES (?)", (number,))
         return before, LATEST
@@ -150,3 +166,12 @@ class Backend:
     def ensure_schema(self) -> None:
         if self.schema_version() != LATEST:
             self.upgrade()
+
+    def secret(self, name: str) -> str:
+        """A random secret kept in the database (table secret), made at its first use,
+        so that every process using the database shares it."""
+        with self.transaction() as cur:
+            self.execute(cur, f"{self.insert_ignore} INTO secret (name, value) VALUES (?, ?)",
+                         (name, secrets.token_urlsafe(32)))
+            return self.execute(cur, "SELECT value FROM secret WHERE name = ?",
+                                (name,)).fetchone()[0]

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import email.utils
 import json
-import secrets
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -422,14 +421,6 @@ class MailoutOps(ContactOps):
                                      "FROM mailout m JOIN template t ON t.id = m.template_id "
                                      f"WHERE m.id IN ({_marks(ids)})", ids).fetchall()
         return {r[0]: dict(zip(("sender", "subject", "text", "html"), r[1:])) for r in rows}
-
-    def secret(self, name: str) -> str:
-        """A random secret kept in the database, made at its first use."""
-        with self.transaction() as cur:
-            self.execute(cur, f"{self.insert_ignore} INTO secret (name, value) VALUES (?, ?)",
-                         (name, secrets.token_urlsafe(32)))
-            return self.execute(cur, "SELECT value FROM secret WHERE name = ?",
-                                (name,)).fetchone()[0]
 
     # -- campaigns ------------------------------------------------------------
 

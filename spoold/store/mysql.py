@@ -26,9 +26,11 @@ _GONE = {2002, 2003, 2006, 2013, 2055, 1040, 1053, 1205, 1213}
 
 
 class MySQLStore(Store):
+    dialect = "mysql"
     claim_lock = " FOR UPDATE SKIP LOCKED"
     insert_ignore = "INSERT IGNORE"
     json_value = "JSON_VALUE({column}, ?)"
+    add_on_conflict = " ON DUPLICATE KEY UPDATE n = n + VALUES(n)"
     types: ClassVar[dict[str, str]] = {
         "serial": "BIGINT AUTO_INCREMENT PRIMARY KEY",
         "blob": "LONGBLOB",

@@ -6,7 +6,9 @@ The rules the queue relies on live here:
   one row);
 - a final outcome (sent, bounced, expired, deleted) inserts its delivery row
   and deletes the queue row in one transaction, in batches (``record``);
-- rows whose lease ran out come back as ``queued`` (``recover_expired``).
+- rows whose lease ran out come back as ``queued`` (``recover_expired``);
+- every logged attempt is also counted into the log's rollups (``_tally``)
+  in the same transaction, so the counters never disagree with the log.
 Runners also keep a heartbeat row here, for ``spoold status`` and the web
 UI: pid, children, and the figures of spoold/stats.py (RUNNER_FIGURES).
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from typing import Any
 from collections.abc import Iterable, Mapping, Sequence
 
@@ -139,6 +142,19 @@ class QueueOps(Backend):
                            max(0.0, now - a.row.created_at), a.row.attempts + 1, now,
                            a.row.mailout_id)
                           for a in attempts])
+        self._tally(cur, attempts, now)
+
+    def _tally(self, cur: Any, attempts: Sequence[Attempt], now: float) -> None:
+        """Count the attempts into the log's rollups (schema.py), keys in sorted order
+        so that runners sharing a MariaDB lock the same rows in the same order."""
+        minute, day = int(now // 60 * 60), int(now // 86400 * 86400)
+        statuses = Counter(a.status for a in attempts)
+        domains = Counter((a.row.domain, a.status) for a in attempts)
+        self._add_counts(cur, "delivery_minute", ("minute", "status"),
+                         [(minute, s, n) for s, n in sorted(statuses.items())])
+        self._add_counts(cur, "delivery_domain_day", ("day", "domain", "status"),
+                         [(day, d, s, n) for (d, s), n in sorted(domains.items())])
+        self._add_counts(cur, "delivery_total", ("status",), sorted(statuses.items()))
 
     def _apply_verdicts(self, cur: Any, attempts: Sequence[Attempt], now: float) -> None:
         """What the attempts' bounce verdicts do to suppression (store/bounces.py)."""

@@ -1,7 +1,9 @@
 """The database schema, as numbered migrations written once for both dialects.
 
 Each migration is a list of statements with {placeholders} that each backend
-fills with its own column types (see ``TYPES`` in sqlite.py and mysql.py).
+fills with its own column types (see ``types`` in sqlite.py and mysql.py); a
+statement the two dialects cannot share is a {"sqlite": ..., "mysql": ...}
+pair (``Backend.dialect`` picks one).
 ``Store.upgrade()`` applies the ones newer than the version recorded in the
 ``schema_version`` table, in order.  Append a migration to change the schema;
 never edit one that has shipped.
@@ -37,9 +39,33 @@ Mailouts (migration 4; see spoold/mailout.py)
                        (mailout, contact); message_id is 0 (MAILOUT_MESSAGE),
                        the child renders the message from the template
     delivery.mailout_id                    per-mailout counters come from here
+
+Rollups of the delivery log (migration 5), kept by the transaction that logs each attempt
+(``QueueOps._tally``), so counters and charts never scan the log itself:
+    delivery_minute      attempts per minute (epoch seconds, UTC) and status
+    delivery_domain_day  attempts per UTC day, destination domain and status
+    delivery_total       attempts per status since the log began
+
+The web UI's own tables (migration 5):
+    webui_user   people who may log in: name, role (admin|viewer), Argon2 hash
+    webui_token  API tokens, stored as SHA-256 digests, each for one user
 """
 
-MIGRATIONS: list[list[str]] = [
+# Refills the rollups from the log: run by the migration that added them, and
+# by ``StatsOps.rebuild_rollups`` (the web UI bench fills the log directly).
+# Migration 2 uses these statements: change them only together with a new
+# migration that redoes the fill.
+ROLLUPS = ("delivery_minute", "delivery_domain_day", "delivery_total")
+ROLLUP_FILL = [
+    "INSERT INTO delivery_minute (minute, status, n) SELECT FLOOR(at / 60) * 60, status, "
+    "COUNT(*) FROM delivery GROUP BY 1, 2",
+    "INSERT INTO delivery_domain_day (day, domain, status, n) SELECT FLOOR(at / 86400) * "
+    "86400, domain, status, COUNT(*) FROM delivery GROUP BY 1, 2, 3",
+    "INSERT INTO delivery_total (status, n) SELECT status, COUNT(*) FROM delivery "
+    "GROUP BY status",
+]
+
+MIGRATIONS: list[list[str | dict[str, str]]] = [
     [
         """CREATE TABLE message (
             id {serial},
@@ -246,6 +272,51 @@ MIGRATIONS: list[list[str]] = [
         "CREATE UNIQUE INDEX notify_mailout ON notify (mailout_id, contact_id)",
         "ALTER TABLE delivery ADD COLUMN mailout_id BIGINT",
         "CREATE INDEX delivery_mailout ON delivery (mailout_id, status)",
+    ],
+    [
+        """CREATE TABLE delivery_minute (
+            minute BIGINT NOT NULL,
+            status VARCHAR(10) NOT NULL,
+            n BIGINT NOT NULL,
+            PRIMARY KEY (minute, status)
+        ){table}""",
+        """CREATE TABLE delivery_domain_day (
+            day BIGINT NOT NULL,
+            domain VARCHAR(255) NOT NULL,
+            status VARCHAR(10) NOT NULL,
+            n BIGINT NOT NULL,
+            PRIMARY KEY (day, domain, status)
+        ){table}""",
+        """CREATE TABLE delivery_total (
+            status VARCHAR(10) NOT NULL PRIMARY KEY,
+            n BIGINT NOT NULL
+        ){table}""",
+        *ROLLUP_FILL,
+        # Keyset pages of the queue filtered by state or recipient, and the
+        # last error per destination domain, without scanning the tables.
+        "CREATE INDEX notify_state ON notify (state, id)",
+        # The claim's index, extended by attempts so that it covers counting the
+        # deferred rows; attempts only changes along with not_before, so the
+        # runner's updates move no more index entries than before.
+        {"sqlite": "DROP INDEX notify_due", "mysql": "DROP INDEX notify_due ON notify"},
+        "CREATE INDEX notify_due ON notify (state, priority, not_before, attempts)",
+        "CREATE INDEX notify_recipient ON notify (recipient)",
+        "CREATE INDEX delivery_domain ON delivery (domain, status, id)",
+        """CREATE TABLE webui_user (
+            id {serial},
+            name VARCHAR(64) NOT NULL UNIQUE,
+            role VARCHAR(8) NOT NULL,
+            password_hash VARCHAR(255) NOT NULL,
+            created_at {real} NOT NULL,
+            password_changed_at {real} NOT NULL,
+            last_login_at {real}
+        ){table}""",
+        """CREATE TABLE webui_token (
+            digest CHAR(64) NOT NULL PRIMARY KEY,
+            user_id BIGINT NOT NULL,
+            created_at {real} NOT NULL
+        ){table}""",
+        "CREATE INDEX webui_token_user ON webui_token (user_id)",
     ],
 ]
 

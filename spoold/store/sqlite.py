@@ -4,8 +4,9 @@ WAL journal (readers never block the runner), synchronous=FULL (a committed
 outcome survives a power cut, as Postfix's fsync'd queue files do), a busy
 timeout for concurrent writers (the runner, enqueuers, the web UI), and every
 write transaction opened with BEGIN IMMEDIATE so that a claim's SELECT and
-UPDATE see no other writer in between; read-only transactions take no write
-lock at all.
+UPDATE see no other writer in between; read-only transactions (the web UI's
+pages, ``spoold queue``, the runner's lookups) open with a plain BEGIN
+and never hold up a writer.
 
 A writer that finds the lock taken polls for it every few hundred
 microseconds (``_begin_write``) instead of through SQLite's own busy
@@ -15,6 +16,7 @@ and an application writing at once, those sleeps cost more than the writes.
 
 from __future__ import annotations
 
+import math
 import sqlite3
 import time
 from contextlib import contextmanager
@@ -37,7 +39,17 @@ def _error(path: Path, exc: sqlite3.Error) -> StoreError:
     return kind(f"{path}: {text}")
 
 
+def _ensure_floor(conn: sqlite3.Connection) -> None:
+    """FLOOR(), which the rollups use on both backends, where SQLite was built
+    without its math functions."""
+    try:
+        conn.execute("SELECT FLOOR(1.5)")
+    except sqlite3.OperationalError:
+        conn.create_function("FLOOR", 1, math.floor, deterministic=True)
+
+
 class SQLiteStore(Store):
+    dialect = "sqlite"
     types: ClassVar[dict[str, str]] = {
         "serial": "INTEGER PRIMARY KEY AUTOINCREMENT",
         "blob": "BLOB",
@@ -57,6 +69,7 @@ class SQLiteStore(Store):
             self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.execute("PRAGMA synchronous=FULL")
             self.conn.execute("PRAGMA foreign_keys=ON")
+            _ensure_floor(self.conn)
         except OSError as exc:
             raise StoreError(f"{path}: cannot create database directory: {exc.strerror}") from None
         except sqlite3.Error as exc:

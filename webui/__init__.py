@@ -1,0 +1,18 @@
+"""spoold's web UI: a separate process that reads and acts through spoold's store.
+
+Flask application served by waitress (``spoold-webui``, webui/server.py).
+One module per part, each a blueprint:
+
+    auth.py       login / logout, roles, API tokens (Flask-Login, Argon2)
+    dashboard.py  live counters and runner status (polled JSON)
+    queue.py      the mailq view, filters, keyset pages, hold/release/requeue/delete
+    stats.py      charts, top domains, recent deliveries, CSV export
+    api.py        JSON API with token auth; /metrics (Prometheus); /healthz
+
+app.py builds the application (security settings, CSRF, rate limits, the
+navigation), storage.py gives each request thread its own store connection,
+pages.py holds what every page shares (pagination, formatting), charts.py
+draws the statistics charts as SVG.  Templates (templates/, with the shared
+macros in macros.html) and static files (static/) ship in the package: the
+UI needs no network.
+"""

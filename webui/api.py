@@ -1,0 +1,187 @@
+"""Machine interfaces: the JSON API, Prometheus /metrics, and /healthz.
+
+All but /healthz take ``Authorization: Bearer TOKEN`` (``spoold users
+token NAME``); enqueueing needs an admin's token.  Errors are JSON
+``{"error": "..."}`` with a 4xx/5xx status.
+
+    GET  /api/v1/counters     what the dashboard shows (dashboard.counters)
+    GET  /api/v1/queue        queue rows: state, domain, recipient, after, limit
+                              (<= 1000); "next_after" continues the listing
+    GET  /api/v1/deliveries   the log, newest first: recipient, queue_id, before, limit
+    POST /api/v1/enqueue      {"from", "to": [..], "subject", "body", "priority"} or
+                              {"from"?, "to"?, "message": RFC 5322 text}: spoold.enqueue
+    GET  /metrics             Prometheus text format (token, or webui.metrics_public)
+    GET  /healthz             200 {"status": "ok"} when the database answers, else 503
+
+/metrics is built at each scrape by a collector reading the store: queue rows
+by state, deferred rows, attempts by status since the log began (counters),
+and per runner: up, heartbeat age, and every numeric column of its heartbeat
+row as ``spoold_runner_<column>`` (children, max_children, ...).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from flask import Blueprint, Response, current_app, g, jsonify, request
+from flask.blueprints import BlueprintSetupState
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from spoold.enqueue import enqueue
+from spoold.errors import SpooldError, StoreError
+from spoold.log import get_logger
+from spoold.store import STATES
+from webui.auth import token_required
+from webui.dashboard import counters, runner_status
+from webui.pages import int_arg, text_arg
+from webui.queue import current_filter
+from webui.storage import settings, store
+
+bp = Blueprint("api", __name__)
+
+MAX_LIMIT = 1000
+_LABELS = ("owner", "host")
+
+
+@bp.route("/api/v1/counters")
+@token_required()
+def api_counters() -> Any:
+    return jsonify(counters(store(), settings().webui.heartbeat_timeout))
+
+
+def _limit() -> int:
+    return min(int_arg("limit") or 100, MAX_LIMIT)
+
+
+@bp.route("/api/v1/queue")
+@token_required()
+def api_queue() -> Any:
+    limit = _limit()
+    rows = store().queue_rows(**current_filter(), limit=limit, after=int_arg("after"))
+    return jsonify(rows=rows, next_after=rows[-1]["id"] if len(rows) == limit else None)
+
+
+@bp.route("/api/v1/deliveries")
+@token_required()
+def api_deliveries() -> Any:
+    limit = _limit()
+    rows = store().deliveries(recipient=text_arg("recipient"), queue_id=int_arg("queue_id"),
+                              before=int_arg("before"), limit=limit)
+    return jsonify(rows=rows, next_before=rows[-1]["id"] if len(rows) == limit else None)
+
+
+def _text(data: dict[str, Any], key: str) -> str | None:
+    value = data.get(key)
+    if value is not None and not isinstance(value, str):
+        raise SpooldError(f"{key} must be a string")
+    return value
+
+
+def _recipients(data: dict[str, Any]) -> list[str] | None:
+    value = data.get("to")
+    if isinstance(value, str):
+        return [value]
+    if value is None or (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+        return value
+    raise SpooldError("to must be an address or a list of addresses")
+
+
+@bp.route("/api/v1/enqueue", methods=["POST"])
+@token_required(role="admin")
+def api_enqueue() -> Any:
+    data = request.get_json(silent=True)
+    if not isinstance(data, dict):
+        return jsonify(error="send a JSON object (Content-Type: application/json)"), 400
+    try:
+        message = _text(data, "message")
+        result = enqueue(message.encode("utf-8") if message is not None else None,
+                         sender=_text(data, "from"), recipients=_recipients(data),
+                         subject=_text(data, "subject"), body=_text(data, "body"),
+                         priority=_text(data, "priority") or "normal",
+                         config=settings(), store=store())
+    except StoreError:
+        raise  # the database's fault, not the request's: the app's 503/500 handler
+    except SpooldError as exc:
+        return jsonify(error=str(exc)), 400
+    get_logger().info("api_enqueue", user=g.api_user.name, rows=len(result.ids),
+                      suppressed=len(result.suppressed))
+    return jsonify(ids=result.ids, queued=result.queued, suppressed=result.suppressed), 201
+
+
+class StoreCollector:
+    """Reads the figures of /metrics from the store at each scrape."""
+
+    def collect(self) -> Iterator[Metric]:
+        db = store()
+        states = db.state_counts()
+        rows = GaugeMetricFamily("spoold_queue_rows", "Queue rows by state.", labels=["state"])
+        for state in STATES:
+            rows.add_metric([state], states[state])
+        yield rows
+        yield GaugeMetricFamily("spoold_queue_deferred_rows",
+                                "Queued rows waiting for a retry.", value=states["deferred"])
+        attempts = CounterMetricFamily("spoold_deliveries", "Delivery attempts logged, "
+                                       "by status.", labels=["status"])
+        for status, n in sorted(db.delivery_totals().items()):
+            attempts.add_metric([status], n)
+        yield attempts
+        yield from _runner_metrics(db.runner_rows(), settings().webui.heartbeat_timeout)
+
+
+def _runner_metrics(rows: list[dict[str, Any]], timeout: float) -> Iterator[Metric]:
+    now = time.time()
+    families: dict[str, GaugeMetricFamily] = {
+        "up": GaugeMetricFamily("spoold_runner_up", "1 when the runner's heartbeat is fresh.",
+                                labels=list(_LABELS)),
+        "heartbeat_age": GaugeMetricFamily("spoold_runner_heartbeat_age_seconds",
+                                           "Seconds since the runner's last heartbeat.",
+                                           labels=list(_LABELS)),
+    }
+    for row in rows:
+        status = runner_status(row, now, timeout)
+        labels = [str(row.get(label, "")) for label in _LABELS]
+        families["up"].add_metric(labels, 1 if status["up"] else 0)
+        families["heartbeat_age"].add_metric(labels, status["heartbeat_age"])
+        for column, value in row.items():
+            numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if column in _LABELS or not numeric:
+                continue
+            if column not in families:
+                name = "spoold_runner_" + re.sub(r"[^a-zA-Z0-9_]", "_", column)
+                families[column] = GaugeMetricFamily(
+                    name, f"The runner's heartbeat row: {column}.", labels=list(_LABELS))
+            families[column].add_metric(labels, value)
+    yield from families.values()
+
+
+@bp.record_once
+def _make_registry(state: BlueprintSetupState) -> None:
+    # Its own registry: /metrics shows the store's figures, not this process's.
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StoreCollector())
+    state.app.extensions["spoold_metrics"] = registry
+
+
+def _metrics() -> Response:
+    return Response(generate_latest(current_app.extensions["spoold_metrics"]),
+                    content_type=CONTENT_TYPE_LATEST)
+
+
+@bp.route("/metrics")
+def metrics() -> Any:
+    if settings().webui.metrics_public:
+        return _metrics()
+    return token_required()(_metrics)()
+
+
+@bp.route("/healthz")
+def healthz() -> Any:
+    try:
+        version = store().schema_version()
+    except StoreError as exc:
+        return jsonify(status="unavailable", error=str(exc)), 503
+    return jsonify(status="ok", schema=version)
