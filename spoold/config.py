@@ -79,6 +79,12 @@ SETTINGS: tuple[Setting, ...] = (
             "Longest delay between two attempts.", minimum=0),
     Setting("runner", "max_lifetime", "duration", "5d",
             "Give up (expire) a row this long after it was enqueued.", minimum=0),
+    Setting("runner", "max_agent_failures", "int", 3,
+            "Hold a row (state held, the reason in spoold queue) once a delivery agent\n"
+            "has failed on it this often: crashed, hung past child_timeout or reported\n"
+            "its own error.  Rows that were in a failed job are retried alone, so one\n"
+            "poison message does not take its neighbours with it.  0 never holds.",
+            minimum=0),
     Setting("runner", "child_timeout", "duration", 3600,
             "Kill a child that has said nothing for this long; its rows are deferred.\n"
             "Must exceed the SMTP timeouts below times the MX hosts tried.", minimum=1),

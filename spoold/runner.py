@@ -46,8 +46,9 @@ CONFIGURATION PARAMETERS
     [runner] run_dir (/run/spoold), max_children (100), max_use (100),
     destination_concurrency (20), job_size (20), claim_batch (500), lease
     (600 s), backoff_min (300 s), backoff_max (4000 s), max_lifetime (5 d),
-    child_timeout (3600 s), grace_period (30 s), flush_interval (0.2 s),
-    scan_interval (5 s); [smtp] and [dns] are passed on to the children.
+    max_agent_failures (3), child_timeout (3600 s), grace_period (30 s),
+    flush_interval (0.2 s), scan_interval (5 s); [smtp] and [dns] are passed
+    on to the children.
 """
 
 from __future__ import annotations
@@ -386,7 +387,13 @@ class Runner:
 
     def _send_job(self, child: Child, domain: str) -> None:
         queue = self.backlog[domain]
-        rows = [queue.popleft() for _ in range(min(self.config.runner.job_size, len(queue)))]
+        rows = [queue.popleft()]
+        if not rows[0].agent_failures:
+            # A row a child has failed on travels alone, so that its next failure
+            # names it and not the rows that happened to share its job.
+            size = self.config.runner.job_size
+            while queue and len(rows) < size and not queue[0].agent_failures:
+                rows.append(queue.popleft())
         self.backlog_rows -= len(rows)
         if not queue:
             del self.backlog[domain]
@@ -449,7 +456,7 @@ class Runner:
                 raise ProtocolError(f"result for id {reply.id}, which it was not given")
             runner = self.config.runner
             self._record(outcome.from_result(row, reply, time.time(), runner.backoff_min,
-                                             runner.backoff_max))
+                                             runner.backoff_max, runner.max_agent_failures))
         elif isinstance(reply, int):
             self._job_done(child)
         else:
@@ -475,7 +482,8 @@ class Runner:
         runner = self.config.runner
         now = time.time()
         for row in child.pending.values():
-            self._record(outcome.lost(row, why, now, runner.backoff_min, runner.backoff_max))
+            self._record(outcome.lost(row, why, now, runner.backoff_min, runner.backoff_max,
+                                      runner.max_agent_failures))
         child.pending.clear()
 
     def _child_lost(self, child: Child, why: str) -> None:

@@ -19,9 +19,11 @@ def _enqueue_cli(spool, *to, **kw):
 
 
 def test_db_upgrade_reports_the_schema_version(spool):
+    from spoold.store.schema import LATEST
+
     first = spool.cli("db", "upgrade").stdout.decode()
-    assert first.startswith("schema version 1 (was 0)")
-    assert spool.cli("db", "upgrade").stdout.decode() == "schema version 1\n"
+    assert first.startswith(f"schema version {LATEST} (was 0)")
+    assert spool.cli("db", "upgrade").stdout.decode() == f"schema version {LATEST}\n"
 
 
 def test_enqueue_prints_one_queue_id_per_recipient(spool):

@@ -114,12 +114,13 @@ class AdminOps(QueueOps):
         return self._set_state(ids, domain, ("queued",), "state = 'held'")
 
     def release_held(self, ids: Sequence[int] | None = None, domain: str | None = None) -> int:
-        return self._set_state(ids, domain, ("held",), "state = 'queued'")
+        return self._set_state(ids, domain, ("held",), "state = 'queued', agent_failures = 0")
 
     def requeue(self, ids: Sequence[int] | None = None, domain: str | None = None) -> int:
         """Queued or held rows become due now with a fresh retry schedule."""
         return self._set_state(ids, domain, ("queued", "held"),
-                               "state = 'queued', not_before = ?, attempts = 0",
+                               "state = 'queued', not_before = ?, attempts = 0, "
+                               "agent_failures = 0",
                                (time.time(),))
 
     def flush(self) -> int:

@@ -25,7 +25,7 @@ FINAL = ("sent", "bounced", "expired", "deleted")
 _CHUNK = 500
 
 _ROW_COLUMNS = ("id, message_id, sender, recipient, domain, priority, attempts, "
-                "created_at, expires_at, last_code, last_dsn, last_reply")
+                "created_at, expires_at, last_code, last_dsn, last_reply, agent_failures")
 
 
 @dataclass
@@ -42,6 +42,7 @@ class QueueRow:
     last_code: int | None = None
     last_dsn: str | None = None
     last_reply: str | None = None
+    agent_failures: int = 0  # times a delivery agent died, hung or failed holding it
 
 
 @dataclass
@@ -56,6 +57,8 @@ class Attempt:
     relay: str
     not_before: float = 0.0  # deferred only: when the row is due again
     suppress: bool = False  # bounced only: add the recipient to suppression
+    agent_failure: bool = False  # deferred only: the delivery agent failed, not the peer
+    hold: bool = False  # deferred only: set the row aside (state held) instead of queued
 
 
 def _chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterator[Sequence[Any]]:

@@ -111,11 +111,14 @@ class QueueOps(Backend):
                 self.execute(cur, f"DELETE FROM notify WHERE id IN ({_marks(chunk)}) "
                                   f"AND lease_owner = ?", [*chunk, owner])
             deferred = [a for a in attempts if a.status == "deferred"]
-            self.executemany(cur, "UPDATE notify SET state = 'queued', attempts = attempts + 1, "
-                                  "not_before = ?, last_code = ?, last_dsn = ?, last_reply = ?, "
+            self.executemany(cur, "UPDATE notify SET state = ?, attempts = attempts + 1, "
+                                  "agent_failures = ?, not_before = ?, last_code = ?, "
+                                  "last_dsn = ?, last_reply = ?, "
                                   "lease_owner = NULL, lease_until = NULL "
                                   "WHERE id = ? AND lease_owner = ?",
-                             [(a.not_before, a.code, a.dsn, a.reply, a.row.id, owner)
+                             [("held" if a.hold else "queued",
+                               a.row.agent_failures + a.agent_failure, a.not_before, a.code,
+                               a.dsn, a.reply, a.row.id, owner)
                               for a in deferred])
             self._suppress(cur, [a for a in attempts if a.suppress], now)
             self._drop_orphan_messages(cur, {a.row.message_id for a in attempts

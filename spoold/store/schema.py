@@ -12,6 +12,9 @@ Tables
     delivery     the log: one row per attempt (sent/deferred/bounced/expired/deleted)
     suppression  addresses never to mail again, with the reply that caused it
     runner       one row per running queue runner: pid, heartbeat, children
+
+Migration 2: notify.agent_failures, how many times the delivery agent died,
+hung or failed while it had the row (outcome.py holds a row after a few).
 """
 
 MIGRATIONS: list[list[str]] = [
@@ -80,6 +83,9 @@ MIGRATIONS: list[list[str]] = [
             children INTEGER NOT NULL,
             max_children INTEGER NOT NULL
         ){table}""",
+    ],
+    [
+        "ALTER TABLE notify ADD COLUMN agent_failures INTEGER NOT NULL DEFAULT 0",
     ],
 ]
 
