@@ -99,6 +99,7 @@ class _Output:
 
     def __init__(self, stream: BinaryIO) -> None:
         self._stream = stream
+        self.journal_fd = -1
 
     def line(self, data: bytes) -> None:
         try:
@@ -111,7 +112,12 @@ class _Output:
             raise SystemExit(0) from None
 
     def result(self, result: Result) -> None:
-        self.line(protocol.encode_result(result))
+        """A result line, first into the runner's journal if it gave one: should the
+        runner die before reading the pipe, its next life still learns the outcome."""
+        line = protocol.encode_result(result)
+        if self.journal_fd >= 0:
+            os.write(self.journal_fd, line)
+        self.line(line)
 
 
 def _deferred(recipient_id: int, text: str) -> Result:
@@ -262,6 +268,7 @@ def main() -> int:
         output.line(protocol.encode_error(str(exc)))
         return EX_CONFIG
     config.helo_name = config.helo_name or socket.getfqdn()
+    output.journal_fd = config.journal_fd
     child = _Child(config, output)
     while True:
         line = stdin.readline(child.wait_limit())

@@ -70,6 +70,10 @@ class SenderConfig:
     quit_timeout: float = 300.0
     connection_cache_time: float = 2.0
     connection_reuse_time: float = 300.0
+    # A file descriptor the child appends each result line to before it writes
+    # the line on stdout (the runner's RUN_DIR/children.journal: spoold/journal.py);
+    # -1 for none.
+    journal_fd: int = -1
 
 
 @dataclass

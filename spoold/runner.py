@@ -17,8 +17,11 @@ DESCRIPTION
     sender/protocol.py).  It never runs more than max_children children, nor
     more than destination_concurrency on one domain; a child serves up to
     max_use jobs, then exits.  Each result becomes an attempt (outcome.py)
-    that is logged at once and written to the database in batches: final
-    outcomes delete their queue row in the transaction that logs them.
+    that is logged at once, appended to RUN_DIR/results.journal, and
+    written to the database in batches: final outcomes delete their queue
+    row in the transaction that logs them.  A runner killed between two
+    batches replays the journal when it starts again (spoold/journal.py),
+    so a message the remote server took is not sent a second time.
 
     One select loop watches the children's pipes, the poke socket (new mail:
     see poke.py), and the signals (set_wakeup_fd; handlers record nothing
@@ -67,6 +70,7 @@ from spoold import config as config_mod
 from spoold import outcome
 from spoold.config import Config
 from spoold.errors import ConfigError, StoreUnavailable
+from spoold.journal import ResultJournal
 from spoold.lock import RunLock
 from spoold.log import get_logger
 from spoold.poke import PokeSocket
@@ -135,6 +139,9 @@ class Runner:
             self.log.warning("stale_lock", previous_pid=lock.previous_pid, action="taken over")
         try:
             self.store = store_for(self.config)
+            self.journal = ResultJournal(run_dir)
+            self.pool.journal = self.journal.children_fd
+            self._replay_journal()
             released = self.store.release_owner(self.owner)
             if released:
                 self.log.info("leases_returned", rows=released, owner=self.owner)
@@ -150,6 +157,22 @@ class Runner:
         finally:
             self._restore_signals()
             lock.release()
+
+    def _replay_journal(self) -> None:
+        """Commit what a previous life of this runner heard but did not write."""
+        attempts, results = self.journal.read()
+        known = {a.row.id for a in attempts}
+        unheard = {r.id: r for r in results if r.id not in known}
+        if unheard:
+            runner, now = self.config.runner, time.time()
+            rows = self.store.leased_rows(self.owner, list(unheard))
+            attempts += [outcome.from_result(row, unheard[row.id], now, runner.backoff_min,
+                                             runner.backoff_max, runner.max_agent_failures)
+                         for row in rows]
+        if attempts:
+            applied = self.store.replay(attempts, self.owner)
+            self.log.warning("results_replayed", journalled=len(attempts), applied=applied)
+        self.journal.clear()
 
     def _install_signals(self) -> None:
         self.sig_r, self.sig_w = socket.socketpair()
@@ -519,6 +542,7 @@ class Runner:
         if not self.results:
             self.first_result_at = time.monotonic()
         self.results.append(attempt)
+        self.journal.append(attempt)
 
     def _flush(self) -> None:
         batch, self.results = self.results, []
@@ -527,6 +551,7 @@ class Runner:
         except BaseException:
             self.results = batch + self.results
             raise
+        self.journal.clear()
 
     # -- stopping -------------------------------------------------------------
 
@@ -544,6 +569,7 @@ class Runner:
         except StoreUnavailable:
             pass  # the runner row only feeds "status"; its heartbeat will go stale
         self.store.close()
+        self.journal.close()
 
     def _wait_children(self) -> None:
         deadline = time.monotonic() + _KILL_WAIT
@@ -567,4 +593,4 @@ class Runner:
                 self.log.error("database_unavailable", error=str(exc),
                                results_waiting=len(self.results))
         self.log.error("results_unsaved", rows=len(self.results),
-                       note="their leases expire and they are tried again")
+                       note="kept in the journal for the next start")
