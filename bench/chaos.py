@@ -136,33 +136,31 @@ def runner_kill(run: Run, count: int) -> Tally:
     return run.finish(600)
 
 
-def child_kill(run: Run, count: int, kills: int = 30) -> Tally:
-    spool = run.spool(_sqlite(run))
-    run.enqueue(count, fault_share=0.02)
+def _strike_children(run: Run, spool: ChaosSpool, count: int, strikes: int,
+                     signum: signal.Signals) -> None:
+    """Send ``signum`` to a random sender child at ``strikes`` random points of the run."""
     spool.start()
-    for mark in run.thresholds(count, kills):
+    for mark in run.thresholds(count, strikes):
         if not chaoslib.wait_delivered(run.world, mark, 300, [spool]):
             break
         children = spool.children()
         if children:
             with contextlib.suppress(psutil.NoSuchProcess):
-                run.rng.choice(children).send_signal(signal.SIGKILL)
+                run.rng.choice(children).send_signal(signum)
                 run.tally.kill()
+
+
+def child_kill(run: Run, count: int, kills: int = 30) -> Tally:
+    spool = run.spool(_sqlite(run))
+    run.enqueue(count, fault_share=0.02)
+    _strike_children(run, spool, count, kills, signal.SIGKILL)
     return run.finish(600)
 
 
 def child_stop(run: Run, count: int, stops: int = 5) -> Tally:
     spool = run.spool(_sqlite(run), runner={"child_timeout": 3})
     run.enqueue(count, fault_share=0.0)
-    spool.start()
-    for mark in run.thresholds(count, stops):
-        if not chaoslib.wait_delivered(run.world, mark, 300, [spool]):
-            break
-        children = spool.children()
-        if children:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                run.rng.choice(children).send_signal(signal.SIGSTOP)
-                run.tally.kill()
+    _strike_children(run, spool, count, stops, signal.SIGSTOP)
     tally = run.finish(600)
     timeouts = spool.events("child_timeout")
     tally.notes.append(f"{timeouts} children killed by the runner as hung")
