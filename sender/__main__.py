@@ -129,7 +129,7 @@ def _readable_ids(line: bytes) -> tuple[int | None, list[int]]:
     """The job id and recipient ids that a malformed job line still shows."""
     try:
         obj = json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None, []
     if not isinstance(obj, dict) or not isinstance(obj.get("job"), int):
         return None, []

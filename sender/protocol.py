@@ -37,6 +37,11 @@ Child -> runner (stdout)
 
 A recipient that the runner sent but got no result for (the child died, hung
 or wrote garbage) is deferred by the runner with dsn 4.3.0.
+
+Decoding is strict in both directions: every field must have its type (an id
+is an integer, not true; a reply is a string, not an object), so a garbage
+line becomes a ProtocolError where it is read, never a bad value that fails
+later (in the store, or in the result journal the runner replays).
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ from __future__ import annotations
 import base64
 import json
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 
 class ProtocolError(ValueError):
@@ -117,11 +123,30 @@ def _line(obj: dict) -> bytes:
 def _load(line: bytes) -> dict:
     try:
         obj = json.loads(line)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ProtocolError(f"not JSON: {exc}") from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise ProtocolError(f"not JSON: {type(exc).__name__}: {exc}"[:200]) from None
     if not isinstance(obj, dict):
         raise ProtocolError("not a JSON object")
     return obj
+
+
+def _typed(value: object, kind: type | tuple[type, ...], what: str) -> Any:
+    """``value`` if it is of ``kind`` (a bool is no integer here), else ProtocolError."""
+    if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
+        raise ProtocolError(f"{what}: expected {_names(kind)}, got a boolean")
+    if not isinstance(value, kind):
+        raise ProtocolError(f"{what}: expected {_names(kind)}, got {type(value).__name__}")
+    return value
+
+
+def _names(kind: type | tuple[type, ...]) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
+
+
+_RESULT_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "id": int, "status": str, "code": (int, type(None)), "dsn": str, "reply": str,
+    "relay": str, "duration": (int, float)}
 
 
 def encode_config(config: SenderConfig) -> bytes:
@@ -157,19 +182,23 @@ def decode_job(line: bytes) -> Job:
     obj = _load(line)
     try:
         return Job(
-            job=int(obj["job"]),
-            domain=str(obj["domain"]),
+            job=_typed(obj["job"], int, "job"),
+            domain=_typed(obj["domain"], str, "domain"),
             messages=[
                 Message(
-                    sender=str(m["sender"]),
-                    data=base64.b64decode(m["data"], validate=True),
-                    recipients=[Recipient(int(r["id"]), str(r["to"])) for r in m["recipients"]],
+                    sender=_typed(m["sender"], str, "sender"),
+                    data=base64.b64decode(_typed(m["data"], str, "data"), validate=True),
+                    recipients=[Recipient(_typed(r["id"], int, "recipient id"),
+                                          _typed(r["to"], str, "recipient"))
+                                for r in _typed(m["recipients"], list, "recipients")],
                 )
-                for m in obj["messages"]
+                for m in _typed(obj["messages"], list, "messages")
             ],
         )
+    except ProtocolError as exc:
+        raise ProtocolError(f"bad job line: {exc}") from None
     except (KeyError, TypeError, ValueError) as exc:
-        raise ProtocolError(f"bad job line: {exc!r}") from None
+        raise ProtocolError(f"bad job line: {exc!r}"[:200]) from None
 
 
 def encode_result(result: Result) -> bytes:
@@ -188,15 +217,13 @@ def decode_reply(line: bytes) -> Result | int | str:
     """Decode one child line: a Result, a finished job id (int) or an error (str)."""
     obj = _load(line)
     if "done" in obj:
-        if not isinstance(obj["done"], int):
-            raise ProtocolError("bad done line")
-        return obj["done"]
+        return _typed(obj["done"], int, "bad done line")
     if "error" in obj:
         return str(obj["error"])
-    try:
-        result = Result(**obj)
-    except TypeError as exc:
-        raise ProtocolError(f"bad result line: {exc}") from None
-    if result.status not in STATUSES or not isinstance(result.id, int):
-        raise ProtocolError(f"bad result line: status {result.status!r}")
-    return result
+    if obj.keys() != _RESULT_FIELDS.keys():
+        raise ProtocolError(f"bad result line: fields {sorted(obj)!r}"[:200])
+    for name, kind in _RESULT_FIELDS.items():
+        _typed(obj[name], kind, f"bad result line: {name}")
+    if obj["status"] not in STATUSES:
+        raise ProtocolError(f"bad result line: status {obj['status']!r}"[:200])
+    return Result(**obj)

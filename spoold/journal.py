@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import time
 from pathlib import Path
 
 from sender.protocol import ProtocolError, Result, decode_reply
@@ -100,6 +101,14 @@ class ResultJournal:
             if isinstance(reply, Result):
                 results.append(reply)
         return attempts, results
+
+    def set_aside(self) -> Path:
+        """Keep what the journal holds in RUN_DIR/journal.refused.<time>, and start empty."""
+        kept = self.runner_path.with_name(f"journal.refused.{int(time.time())}")
+        kept.write_bytes(b"".join(path.read_bytes()
+                                  for path in (self.runner_path, self.children_path)))
+        self.clear()
+        return kept
 
     def close(self) -> None:
         os.close(self.fd)

@@ -69,7 +69,7 @@ from sender.protocol import (Job, Message, ProtocolError, Recipient, Result, Sen
 from spoold import config as config_mod
 from spoold import outcome
 from spoold.config import Config
-from spoold.errors import ConfigError, StoreUnavailable
+from spoold.errors import ConfigError, StoreError, StoreUnavailable
 from spoold.journal import ResultJournal
 from spoold.lock import RunLock
 from spoold.log import get_logger
@@ -170,7 +170,17 @@ class Runner:
                                              runner.backoff_max, runner.max_agent_failures)
                          for row in rows]
         if attempts:
-            applied = self.store.replay(attempts, self.owner)
+            try:
+                applied = self.store.replay(attempts, self.owner)
+            except StoreUnavailable:
+                raise
+            except StoreError as exc:
+                # Never a crash loop over a journal the database refuses: keep it for
+                # a human, and let the rows come back to the queue.
+                kept = self.journal.set_aside()
+                self.log.error("journal_refused", error=str(exc), kept_as=str(kept),
+                               note="its rows are tried again; some may be sent twice")
+                return
             self.log.warning("results_replayed", journalled=len(attempts), applied=applied)
         self.journal.clear()
 
