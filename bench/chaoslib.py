@@ -28,6 +28,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import email.utils
+import json
 import os
 import random
 import signal
@@ -255,6 +256,14 @@ class ChaosSpool:
         except psutil.NoSuchProcess:
             return []
 
+    def first_error(self, name: str) -> str:
+        """The error text of the first ``name`` event in the runner's log."""
+        with open(self.log_path, errors="replace") as log:
+            for line in log:
+                if f'"event": "{name}"' in line:
+                    return str(json.loads(line).get("error", ""))
+        return ""
+
     def events(self, name: str) -> int:
         """How many log events of this name the runner wrote (all its lives)."""
         needle = f'"event": "{name}"'
@@ -305,6 +314,7 @@ class Tally:
     notes: list[str] = field(default_factory=list)
     kill_times: list[float] = field(default_factory=list)  # time.time() of each kill
     unexplained: int = 0  # duplicates no kill or silent peer accounts for
+    skipped: bool = False  # the machine could not stage this scenario's fault
 
     def kill(self) -> None:
         self.kills += 1
@@ -314,6 +324,8 @@ class Tally:
                "duplicates", "kills", "wall")
 
     def cells(self) -> list[str]:
+        if self.skipped:
+            return [self.scenario, *("-" for _ in self.COLUMNS[1:])]
         return [self.scenario, *(str(getattr(self, c)) for c in self.COLUMNS[1:-1]),
                 f"{self.wall:.0f} s"]
 

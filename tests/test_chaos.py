@@ -119,3 +119,21 @@ def test_restarted_runner_replays_what_its_last_life_heard(world, spool_factory)
 @pytest.fixture(autouse=True)
 def _quiet_sinks():
     logging.getLogger("mail.log").setLevel(logging.ERROR)  # aiosmtpd's chatter
+
+
+def test_replay_applies_only_what_the_owner_still_leases(store):
+    ids, _ = store.enqueue("s@spoold.test", b"Subject: x\r\n\r\nx\r\n",
+                           [(f"u{i}@x.test", "x.test") for i in range(3)], 1, time.time() + 600)
+    rows = {row.id: row for row in store.claim("me", 3, time.time() + 600)}
+    done, pending, stolen = (rows[i] for i in ids)
+    store.record([Attempt(done, "sent", 250, "2.0.0", "250 ok", "mx")], "me")
+    store.release("me", [stolen.id])
+    store.claim("other", 1, time.time() + 600)  # another runner took it after the lease
+    journalled = [Attempt(row, "sent", 250, "2.0.0", "250 journal", "mx")
+                  for row in (done, pending, stolen)]
+
+    assert store.replay(journalled, "me") == 1
+    assert store.replay(journalled, "me") == 0, "replaying twice changes nothing"
+    log = sorted((d["notify_id"], d["reply"]) for d in store.deliveries())
+    assert log == [(done.id, "250 ok"), (pending.id, "250 journal")]
+    assert [r["id"] for r in store.queue_rows()] == [stolen.id]

@@ -164,3 +164,23 @@ def test_poison_message_is_held_and_the_rest_keeps_flowing(world, spool_factory,
     finally:
         store.close()
     assert len(fails) == 6 and {d["dsn"] for d in fails} == {"4.3.0"}
+
+
+def test_agent_failures_are_counted_held_and_reset_by_release(store):
+    import time
+
+    from spoold import outcome
+
+    ids, _ = store.enqueue("s@spoold.test", b"Subject: x\r\n\r\nx\r\n", [("u@x.test", "x.test")],
+                           1, time.time() + 600)
+    for expected_state in ("queued", "queued", "held"):
+        (row,) = store.claim("me", 1, time.time() + 600, now=time.time() + 10**5)
+        store.record([outcome.lost(row, "delivery agent killed by SIGKILL", time.time(), 0, 0,
+                                   max_agent_failures=3)], "me")
+        (listed,) = store.queue_rows()
+        assert listed["state"] == expected_state
+    assert listed["last_reply"] == ("held after 3 delivery agent failures: delivery agent "
+                                    "killed by SIGKILL")
+    assert store.release_held(ids) == 1
+    (row,) = store.claim("me", 1, time.time() + 600, now=time.time() + 10**5)
+    assert row.agent_failures == 0
