@@ -219,20 +219,26 @@ def _tmpfs(size_mb: int):
 
 
 def disk_full(run: Run, count: int) -> Tally:
-    with _tmpfs(128) as mount:
+    with _tmpfs(64) as mount:
         spool = run.spool(f"sqlite://{mount / 'spool.db'}")
         run.enqueue(count, fault_share=0.02)
         spool.start()
         for mark in (count * 3 // 10, count * 6 // 10):
             if not chaoslib.wait_delivered(run.world, mark, 300, [spool]):
                 break
+            errors = spool.events("database_unavailable")
             filler = mount / "filler"
             with open(filler, "wb") as out, contextlib.suppress(OSError):
                 while True:
                     out.write(b"\0" * (1 << 20))
-            time.sleep(4)
+            full_since = time.monotonic()
+            # Until the runner meets the full disk (a write that must grow a file), at most 10 s.
+            while (spool.events("database_unavailable") == errors
+                   and time.monotonic() - full_since < 10):
+                time.sleep(0.2)
+            time.sleep(1)
             filler.unlink()
-            run.tally.notes.append("disk full 4 s")
+            run.tally.notes.append(f"disk full {time.monotonic() - full_since:.0f} s")
         tally = run.finish(600)
         with contextlib.closing(sqlite3.connect(mount / "spool.db")) as db:
             check = db.execute("PRAGMA integrity_check").fetchone()[0]

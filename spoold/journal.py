@@ -28,7 +28,6 @@ commit and the emptying that follows it, and a machine crash.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import time
@@ -43,7 +42,9 @@ CHILDREN = "children.journal"
 
 
 def encode(attempt: Attempt) -> bytes:
-    return json.dumps(dataclasses.asdict(attempt), separators=(",", ":")).encode() + b"\n"
+    # vars(), not dataclasses.asdict(): no deep copy, a third of the cost per result.
+    fields = {**vars(attempt), "row": vars(attempt.row)}
+    return json.dumps(fields, separators=(",", ":")).encode() + b"\n"
 
 
 def decode(line: bytes) -> Attempt:

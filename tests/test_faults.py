@@ -121,6 +121,20 @@ def test_every_fault_gets_a_sensible_outcome_and_nothing_is_lost(world, spool_fa
     assert "may be sent more than once" in replies["u@dot-silent-close.test"]
 
 
+def test_required_tls_with_a_failing_handshake_is_deferred_not_sent_in_clear(world,
+                                                                            spool_factory):
+    sink = world.add_domain("starttls.test", Behaviour(broken_starttls=True))[0]
+    spool = spool_factory(smtp={"tls": "encrypt"},
+                          runner={"backoff_min": 600, "backoff_max": 600})
+    _enqueue(spool, ["u@starttls.test"])
+    proc = spool.drain(timeout=60)
+    assert proc.returncode == 0
+    (attempt,) = [json.loads(line) for line in proc.stderr.decode().splitlines()
+                  if '"delivery"' in line]
+    assert (attempt["status"], attempt["dsn"]) == ("deferred", "4.7.5")
+    assert "Cannot start TLS" in attempt["reply"] and sink.messages == []
+
+
 def test_stage_timeout_is_a_deadline_a_tarpit_cannot_stretch(world, spool_factory):
     """One byte a second keeps a per-read timeout from ever firing; the stage still ends."""
     world.add_domain("tarpit.test", Behaviour(tarpit_at="dot", tarpit_pace=0.3))
