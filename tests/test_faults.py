@@ -121,16 +121,21 @@ def test_every_fault_gets_a_sensible_outcome_and_nothing_is_lost(world, spool_fa
     assert "may be sent more than once" in replies["u@dot-silent-close.test"]
 
 
+def _one_pass(spool) -> list[dict]:
+    """``spoold run --drain`` once; its delivery events."""
+    proc = spool.drain(timeout=60)
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    return [json.loads(line) for line in proc.stderr.decode().splitlines()
+            if '"delivery"' in line]
+
+
 def test_required_tls_with_a_failing_handshake_is_deferred_not_sent_in_clear(world,
                                                                             spool_factory):
     sink = world.add_domain("starttls.test", Behaviour(broken_starttls=True))[0]
     spool = spool_factory(smtp={"tls": "encrypt"},
                           runner={"backoff_min": 600, "backoff_max": 600})
     _enqueue(spool, ["u@starttls.test"])
-    proc = spool.drain(timeout=60)
-    assert proc.returncode == 0
-    (attempt,) = [json.loads(line) for line in proc.stderr.decode().splitlines()
-                  if '"delivery"' in line]
+    (attempt,) = _one_pass(spool)
     assert (attempt["status"], attempt["dsn"]) == ("deferred", "4.7.5")
     assert "Cannot start TLS" in attempt["reply"] and sink.messages == []
 
@@ -141,10 +146,7 @@ def test_stage_timeout_is_a_deadline_a_tarpit_cannot_stretch(world, spool_factor
     spool = spool_factory(smtp={"data_done_timeout": 1.5},
                           runner={"child_timeout": 30, "backoff_min": 600, "backoff_max": 600})
     _enqueue(spool, ["u@tarpit.test"])
-    proc = spool.drain(timeout=60)
-    assert proc.returncode == 0
-    (attempt,) = [json.loads(line) for line in proc.stderr.decode().splitlines()
-                  if '"delivery"' in line]
+    (attempt,) = _one_pass(spool)
     assert (attempt["status"], attempt["dsn"]) == ("deferred", "4.4.2")
     assert attempt["delay"] < 10, "the child gave up at its deadline, not at child_timeout"
 
