@@ -123,6 +123,7 @@ class _Output:
 
     def __init__(self, stream: BinaryIO) -> None:
         self._stream = stream
+        self.journal_fd = -1
 
     def line(self, data: bytes) -> None:
         try:
@@ -135,7 +136,12 @@ class _Output:
             raise SystemExit(0) from None
 
     def result(self, result: Result) -> None:
-        self.line(protocol.encode_result(result))
+        """A result line, first into the runner's journal if it gave one: should the
+        runner die before reading the pipe, its next life still learns the outcome."""
+        line = protocol.encode_result(result)
+        if self.journal_fd >= 0:
+            os.write(self.journal_fd, line)
+        self.line(line)
 
 
 def _deferred(recipient_id: int, text: str, dsn: str = trouble.AGENT_ERROR) -> Result:
@@ -147,7 +153,7 @@ def _readable_ids(line: bytes) -> tuple[int | None, list[int]]:
     """The job id and recipient ids that a malformed job line still shows."""
     try:
         obj = json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None, []
     if not isinstance(obj, dict) or not isinstance(obj.get("job"), int):
         return None, []
@@ -327,6 +333,7 @@ def main() -> int:
         output.line(protocol.encode_error(str(exc)))
         return EX_CONFIG
     config.helo_name = config.helo_name or socket.getfqdn()
+    output.journal_fd = config.journal_fd
     child = _Child(config, output)
     while True:
         line = stdin.readline(child.wait_limit())

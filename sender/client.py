@@ -19,20 +19,25 @@ kept connection serves only jobs whose level it satisfies, and every result
 carries the TLS version and cipher of the session that gave it.
 
 Session is smtplib.SMTP with a timeout per stage of the dialogue (RFC 5321
-section 4.5.3.2), set on the socket before each stage, a connect timeout
-apart from the greeting timeout, and every network failure turned into a
-HostFailure that says at which stage the host was lost.
+section 4.5.3.2), a connect timeout apart from the greeting timeout, and
+every network failure turned into a HostFailure that says at which stage the
+host was lost.  A stage's timeout bounds the whole stage, not each read: a
+socket timeout alone restarts with every byte, so a tarpit answering one
+byte a second would hold the child until the runner killed it as hung
+(Postfix's smtp_per_request_deadline); an interval timer ends the stage.
 """
 
 from __future__ import annotations
 
 import contextlib
 import re
+import signal
 import smtplib
 import socket
 import ssl
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -387,6 +392,29 @@ def _one_line(raw: bytes) -> str:
     return raw.decode("utf-8", "replace").replace("\n", " ")
 
 
+def _stage_over(signum: int, frame: Any) -> None:
+    raise TimeoutError("stage deadline passed")
+
+
+@contextlib.contextmanager
+def _deadline(seconds: float) -> Iterator[None]:
+    """Raise TimeoutError in whatever the stage is blocked on once ``seconds`` have passed.
+
+    Only in the main thread, where Python runs signal handlers (the child's
+    only thread); elsewhere the socket timeout alone applies.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    if signal.getsignal(signal.SIGALRM) is not _stage_over:
+        signal.signal(signal.SIGALRM, _stage_over)  # the child has no other use for it
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+
+
 def _timed_out(exc: OSError) -> bool:
     # smtplib re-raises a read timeout as SMTPServerDisconnected inside its
     # except clause, so the timeout survives as the context.
@@ -516,7 +544,7 @@ class Session(smtplib.SMTP):
         return reply
 
     def _talk(self, stage: str, timeout: float, call: Callable[..., Any], *args: Any) -> Any:
-        """``call(*args)`` with the socket timeout of ``stage``.
+        """``call(*args)`` within ``timeout`` seconds for the whole of ``stage``.
 
         :raises HostFailure: the connection broke or timed out during
             ``stage`` (Postfix wording: "lost connection with H[A] while
@@ -525,7 +553,8 @@ class Session(smtplib.SMTP):
         if self.sock is not None:
             self.sock.settimeout(timeout)
         try:
-            return call(*args)
+            with _deadline(timeout):
+                return call(*args)
         except OSError as exc:  # smtplib.SMTPException is an OSError
             self.close()
             raise HostFailure(self._broken(stage, exc)) from exc

@@ -69,6 +69,11 @@ Child -> runner (stdout)
 
 A recipient that the runner sent but got no result for (the child died, hung
 or wrote garbage) is deferred by the runner with dsn 4.3.0.
+
+Decoding is strict in both directions: every field must have its type (an id
+is an integer, not true; a reply is a string, not an object), so a garbage
+line becomes a ProtocolError where it is read, never a bad value that fails
+later (in the store, or in the result journal the runner replays).
 """
 
 from __future__ import annotations
@@ -76,6 +81,7 @@ from __future__ import annotations
 import base64
 import json
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 
 class ProtocolError(ValueError):
@@ -111,6 +117,10 @@ class SenderConfig:
     # From domain -> {"selector": ..., "key_file": absolute path}; key files, never keys
     dkim_domains: dict[str, dict[str, str]] = field(default_factory=dict)
     dkim_headers: list[str] = field(default_factory=list)
+    # A file descriptor the child appends each result line to before it writes
+    # the line on stdout (the runner's RUN_DIR/children.journal: spoold/journal.py);
+    # -1 for none.
+    journal_fd: int = -1
 
 
 @dataclass(frozen=True)
@@ -200,11 +210,32 @@ def _line(obj: dict) -> bytes:
 def _load(line: bytes) -> dict:
     try:
         obj = json.loads(line)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ProtocolError(f"not JSON: {exc}") from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise ProtocolError(f"not JSON: {type(exc).__name__}: {exc}"[:200]) from None
     if not isinstance(obj, dict):
         raise ProtocolError("not a JSON object")
     return obj
+
+
+def _typed(value: object, kind: type | tuple[type, ...], what: str) -> Any:
+    """``value`` if it is of ``kind`` (a bool is no integer here), else ProtocolError."""
+    if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
+        raise ProtocolError(f"{what}: expected {_names(kind)}, got a boolean")
+    if not isinstance(value, kind):
+        raise ProtocolError(f"{what}: expected {_names(kind)}, got {type(value).__name__}")
+    return value
+
+
+def _names(kind: type | tuple[type, ...]) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
+
+
+_RESULT_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "id": int, "status": str, "code": (int, type(None)), "dsn": str, "reply": str,
+    "relay": str, "duration": (int, float)}
+_RESULT_OPTIONAL: dict[str, type | tuple[type, ...]] = {
+    "tls": str, "cipher": str, "tls_policy": str}
 
 
 def encode_config(config: SenderConfig) -> bytes:
@@ -228,10 +259,15 @@ def _encode_targets(targets: list[Target]) -> list[list]:
 def _decode_targets(value: object) -> list[Target] | None:
     if value is None:
         return None
-    if not isinstance(value, list):
-        raise TypeError("targets is not a list")
-    return [Target(str(host), str(address), int(preference))
-            for host, address, preference in value]
+    targets = []
+    for target in _typed(value, list, "targets"):
+        if not isinstance(target, list) or len(target) != 3:
+            raise ProtocolError("targets: expected [host, address, preference] lists")
+        host, address, preference = target
+        targets.append(Target(_typed(host, str, "target host"),
+                              _typed(address, str, "target address"),
+                              _typed(preference, int, "target preference")))
+    return targets
 
 
 def _encode_message(m: Message) -> dict:
@@ -257,14 +293,17 @@ def encode_job(job: Job) -> bytes:
 
 
 def _decode_message(m: dict) -> Message:
-    personal = m.get("personal")
+    personal = _typed(m.get("personal"), (dict, type(None)), "personal")
     return Message(
-        sender=str(m["sender"]),
-        data=base64.b64decode(m["data"], validate=True),
-        recipients=[Recipient(int(r["id"]), str(r["to"])) for r in m["recipients"]],
-        mailing=None if m.get("mailing") is None else str(m["mailing"]),
-        personal=None if personal is None else Personal(dict(personal["contact"]),
-                                                        str(personal["token"])),
+        sender=_typed(m["sender"], str, "sender"),
+        data=base64.b64decode(_typed(m["data"], str, "data"), validate=True),
+        recipients=[Recipient(_typed(r["id"], int, "recipient id"),
+                              _typed(r["to"], str, "recipient"))
+                    for r in _typed(m["recipients"], list, "recipients")],
+        mailing=_typed(m.get("mailing"), (str, type(None)), "mailing"),
+        personal=None if personal is None else Personal(
+            _typed(personal["contact"], dict, "contact"),
+            _typed(personal["token"], str, "token")),
     )
 
 
@@ -272,14 +311,18 @@ def decode_job(line: bytes) -> Job:
     obj = _load(line)
     try:
         job = Job(
-            job=int(obj["job"]),
-            domain=str(obj["domain"]),
-            messages=[_decode_message(m) for m in obj["messages"]],
-            mailings={str(k): Mailing(**v) for k, v in obj.get("mailings", {}).items()},
+            job=_typed(obj["job"], int, "job"),
+            domain=_typed(obj["domain"], str, "domain"),
+            messages=[_decode_message(_typed(m, dict, "message"))
+                      for m in _typed(obj["messages"], list, "messages")],
+            mailings={str(k): Mailing(**_typed(v, dict, "mailing"))
+                      for k, v in _typed(obj.get("mailings", {}), dict, "mailings").items()},
             targets=_decode_targets(obj.get("targets")),
         )
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise ProtocolError(f"bad job line: {exc!r}") from None
+    except ProtocolError as exc:
+        raise ProtocolError(f"bad job line: {exc}") from None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ProtocolError(f"bad job line: {exc!r}"[:200]) from None
     for message in job.messages:
         if message.mailing is not None and (message.mailing not in job.mailings
                                             or message.personal is None):
@@ -310,19 +353,17 @@ def decode_reply(line: bytes) -> Result | Done | str:
     obj = _load(line)
     if "done" in obj:
         try:
-            if not isinstance(obj["done"], int):
-                raise TypeError("job id is not an integer")
-            kept = obj.get("kept")
-            return Done(obj["done"], _decode_targets(obj.get("targets")),
-                        float(obj.get("ttl", 0.0)), None if kept is None else str(kept))
-        except (TypeError, ValueError) as exc:
-            raise ProtocolError(f"bad done line: {exc}") from None
+            kept = _typed(obj.get("kept"), (str, type(None)), "kept")
+            return Done(_typed(obj["done"], int, "job id"), _decode_targets(obj.get("targets")),
+                        float(_typed(obj.get("ttl", 0.0), (int, float), "ttl")), kept)
+        except ProtocolError as exc:
+            raise ProtocolError(f"bad done line: {exc}"[:200]) from None
     if "error" in obj:
         return str(obj["error"])
-    try:
-        result = Result(**obj)
-    except TypeError as exc:
-        raise ProtocolError(f"bad result line: {exc}") from None
-    if result.status not in STATUSES or not isinstance(result.id, int):
-        raise ProtocolError(f"bad result line: status {result.status!r}")
-    return result
+    if not _RESULT_FIELDS.keys() <= obj.keys() <= _RESULT_FIELDS.keys() | _RESULT_OPTIONAL.keys():
+        raise ProtocolError(f"bad result line: fields {sorted(obj)!r}"[:200])
+    for name, value in obj.items():
+        _typed(value, {**_RESULT_FIELDS, **_RESULT_OPTIONAL}[name], f"bad result line: {name}")
+    if obj["status"] not in STATUSES:
+        raise ProtocolError(f"bad result line: status {obj['status']!r}"[:200])
+    return Result(**obj)

@@ -26,6 +26,10 @@ _LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 def _problem(address: str) -> str | None:
     if any(c in address for c in "\r\n\0"):
         return "contains a line break or NUL"
+    try:
+        address.encode("utf-8")
+    except UnicodeEncodeError:
+        return "is not text (undecodable bytes?)"
     if "@" not in address:
         return "has no @domain"
     local = address.rpartition("@")[0]

@@ -3,9 +3,12 @@
 SETTINGS below is the single source of truth.  ``load()`` reads a TOML file
 (tomllib) over those defaults and refuses unknown sections or keys, wrong
 types and out-of-range values with the file, the key and the reason.
-``render_defaults()`` writes the documented default file that ships as
-etc/spoold.toml (a test keeps the two identical), and ``render_effective()``
-backs ``spoold config --show``.
+Numbers are bounded both ways (an int at most MAX_INT, a duration finite and
+at most MAX_DURATION, ports at most 65535), host names and name server
+addresses are checked, so a typo is refused here with its key rather than
+failing later in every sender child.  ``render_defaults()`` writes the
+documented default file that ships as etc/spoold.toml (a test keeps the two
+identical), and ``render_effective()`` backs ``spoold config --show``.
 
 The file is found by, in order: the ``--config`` option, the SPOOLD_CONFIG
 environment variable, /etc/spoold/spoold.toml.  A missing default file means
@@ -15,6 +18,7 @@ environment variable, /etc/spoold/spoold.toml.  A missing default file means
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import re
 import socket
@@ -31,6 +35,9 @@ DEFAULT_PATH = Path("/etc/spoold/spoold.toml")
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+MAX_INT = 2**31 - 1  # what a database INTEGER and a LIMIT take everywhere
+MAX_DURATION = 10 * 365 * 86400  # ten years: beyond it a timer or a timestamp overflows
+_HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 
 
 @dataclass(frozen=True)
@@ -42,10 +49,28 @@ class Setting:
     doc: str
     minimum: float | None = None
     choices: tuple[str, ...] = ()
+    maximum: float | None = None
     check: Callable[[Any], str | None] | None = None
     # table only: validates one entry, returns its value; raises ValueError naming the problem
     entry: Callable[[str, Any], Any] | None = None
     secret: bool = False  # shown as *** by spoold config --show
+
+
+def _host_name(value: str) -> str | None:
+    """An empty value or an LDH host name (it goes into EHLO verbatim)."""
+    labels = value.rstrip(".").split(".")
+    if value and (len(value) > 253 or not all(_HOST_LABEL.match(label) for label in labels)):
+        return "must be a host name (letters, digits, hyphens and dots)"
+    return None
+
+
+def _ip_addresses(values: list[str]) -> str | None:
+    for value in values:
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            return f"{value!r} is not an IP address"
+    return None
 
 
 def _database_url(value: str) -> str | None:
@@ -172,6 +197,12 @@ SETTINGS: tuple[Setting, ...] = (
             "Longest delay between two attempts.", minimum=0),
     Setting("runner", "max_lifetime", "duration", "5d",
             "Give up (expire) a row this long after it was enqueued.", minimum=0),
+    Setting("runner", "max_agent_failures", "int", 3,
+            "Hold a row (state held, the reason in spoold queue) once a delivery agent\n"
+            "has failed on it this often: crashed, hung past child_timeout or reported\n"
+            "its own error.  Rows that were in a failed job are retried alone, so one\n"
+            "poison message does not take its neighbours with it.  0 never holds.",
+            minimum=0),
     Setting("runner", "child_timeout", "duration", 3600,
             "Kill a child that has said nothing for this long; its rows are deferred.\n"
             "Must exceed the SMTP timeouts below times the MX hosts tried.", minimum=1),
@@ -184,9 +215,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("runner", "flush_interval", "duration", 0.2,
             "Results are written to the database in batches at least this often.", minimum=0),
     Setting("smtp", "port", "int", 25,
-            "TCP port of the remote MX hosts.", minimum=1),
+            "TCP port of the remote MX hosts.", minimum=1, maximum=65535),
     Setting("smtp", "helo_name", "str", "",
-            "Name sent in EHLO/HELO; empty means this host's fully qualified name."),
+            "Name sent in EHLO/HELO; empty means this host's fully qualified name.",
+            check=_host_name),
     Setting("smtp", "tls", "str", "may",
             "STARTTLS policy: none, may (use when offered, unverified), encrypt (required,\n"
             "unverified), verify (required; the certificate must chain to a trusted CA and\n"
@@ -251,9 +283,10 @@ SETTINGS: tuple[Setting, ...] = (
             "[dkim.domains.\"example.org\"] selector = \"s1\", key_file = \"PATH\" (a PEM private\n"
             "key; a relative path is relative to this file).", entry=dkim_entry),
     Setting("dns", "nameservers", "list", [],
-            "Resolvers to ask for MX/A/AAAA; empty means those of /etc/resolv.conf."),
+            "Resolvers to ask for MX/A/AAAA (IP addresses); empty means those of\n"
+            "/etc/resolv.conf.", check=_ip_addresses),
     Setting("dns", "port", "int", 53,
-            "UDP/TCP port of those resolvers.", minimum=1),
+            "UDP/TCP port of those resolvers.", minimum=1, maximum=65535),
     Setting("dns", "timeout", "duration", 10,
             "Total time allowed for one DNS lookup.", minimum=0.1),
     Setting("bounces", "domain", "str", "",
@@ -391,12 +424,14 @@ def parse_duration(value: Any) -> float:
     if isinstance(value, bool):
         raise ValueError("expected a duration")
     if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, str):
-        match = _DURATION.match(value)
-        if match:
-            return float(match.group(1)) * _UNITS[match.group(2)]
-    raise ValueError("expected seconds or a number with unit s, m, h or d (e.g. \"5d\")")
+        seconds = float(value)
+    elif isinstance(value, str) and (match := _DURATION.match(value)):
+        seconds = float(match.group(1)) * _UNITS[match.group(2)]
+    else:
+        raise ValueError('expected seconds or a number with unit s, m, h or d (e.g. "5d")')
+    if not math.isfinite(seconds) or seconds > MAX_DURATION:
+        raise ValueError("must be at most ten years")
+    return seconds
 
 
 def _convert(setting: Setting, value: Any) -> Any:
@@ -422,6 +457,10 @@ def _validate(setting: Setting, raw: Any) -> Any:
     value = _convert(setting, raw)
     if setting.minimum is not None and value < setting.minimum:
         raise ValueError(f"must be at least {setting.minimum:g}")
+    maximum = setting.maximum if setting.maximum is not None else (
+        MAX_INT if setting.kind == "int" else None)
+    if maximum is not None and value > maximum:
+        raise ValueError(f"must be at most {maximum:.15g}")
     if setting.choices and value not in setting.choices:
         raise ValueError(f"must be one of {', '.join(setting.choices)}")
     if setting.check and (reason := setting.check(value)):

@@ -4,8 +4,9 @@
 submission: it refuses what no MX would accept (no header section, NUL bytes,
 lines over 998 octets), converts line ends to CRLF, and adds Date and
 Message-ID when missing (as Postfix's cleanup does).  ``compose_message()``
-builds a plain-text message from a subject and body, refusing line breaks in
-header values.  ``header_recipients()`` reads To/Cc/Bcc for ``enqueue -t``.
+builds a plain-text message from a subject and body, refusing control and
+line-break characters in the subject and text that cannot be encoded.
+``header_recipients()`` reads To/Cc/Bcc for ``enqueue -t``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from spoold.errors import MessageError
 MAX_LINE = 998
 _HEADER_LINE = re.compile(rb"^[\x21-\x39\x3b-\x7e]+[ \t]*:")
 _LINE_END = re.compile(rb"\r\n|\r|\n")
+# C0 controls but TAB, DEL, and what Python's str.splitlines() breaks lines at.
+_HEADER_FORBIDDEN = re.compile("[\x00-\x08\x0a-\x1f\x7f\x85\u2028\u2029]")
 
 
 def _lines(data: bytes) -> list[bytes]:
@@ -73,9 +76,32 @@ def prepare_message(data: bytes, domain: str = "localhost") -> bytes:
     return b"\r\n".join(headers + lines[end:]) + b"\r\n"
 
 
+def _check_text(what: str, text: str, header: bool) -> None:
+    """Refuse what cannot be encoded, and in a header any control or line-break character.
+
+    The email package lets a *trailing* CR or LF through (it only refuses a
+    value that splits into several lines), and prepare_message would turn it
+    into the blank line that ends the header section: the rest of spoold's
+    headers would land in the body.  Surrogates (undecodable bytes from a
+    command line) cannot be encoded at all.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise MessageError(f"{what}: character {exc.start + 1} is not text "
+                           "(undecodable bytes?)") from None
+    if header:
+        bad = _HEADER_FORBIDDEN.search(text)
+        if bad:
+            raise MessageError(f"{what}: character {bad.start() + 1} is a control or line "
+                               f"break character ({bad.group()!r})")
+
+
 def compose_message(sender: str, recipients: list[str], subject: str, body: str,
                     domain: str = "localhost") -> bytes:
-    """A plain-text message; MessageError if a header value holds a line break."""
+    """A plain-text message; MessageError naming the field that cannot be sent."""
+    _check_text("subject", subject, header=True)
+    _check_text("body", body, header=False)
     msg = EmailMessage(policy=policy.SMTP)
     try:
         msg["From"] = sender or "MAILER-DAEMON"

@@ -1,8 +1,9 @@
 """Sender children: their birth, their pipes and their death (Postfix master_spawn).
 
 ``Pool.spawn()`` forks the runner into a sender child, a pipe on its stdin
-and one on its stdout (both non-blocking on our side), and queues the
-sender configuration as its first line.  The child closes every other file
+and one on its stdout (both non-blocking on our side), the runner's
+children.journal as its fd 3 (spoold/journal.py), and queues the sender
+configuration as its first line.  The child closes every other file
 descriptor, puts the default signal handlers back, names itself "spoold
 sender" and runs ``sender.__main__.main()`` without an exec: the runner has
 imported the sender's modules already, so a new child costs a fork, not a
@@ -23,7 +24,7 @@ import signal
 import sys
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import NoReturn
 
 import setproctitle
@@ -37,6 +38,7 @@ from sender.protocol import SenderConfig, encode_config
 from spoold.store import QueueRow
 
 _EX_SOFTWARE = 70
+JOURNAL_FD = 3  # where a child finds the runner's children.journal
 
 
 @dataclass
@@ -116,13 +118,17 @@ def describe_status(status: int) -> str:
     return f"status {status}"
 
 
-def _become_sender(stdin: int, stdout: int) -> NoReturn:
+def _become_sender(stdin: int, stdout: int, journal: int) -> NoReturn:
     """In a freshly forked child: nothing of the runner's but the code, then serve jobs."""
     code = _EX_SOFTWARE
     try:
         os.dup2(stdin, 0)
         os.dup2(stdout, 1)
-        os.closerange(3, os.sysconf("SC_OPEN_MAX"))  # the lock, the database, the sockets
+        keep = 3
+        if journal >= 0:
+            os.dup2(journal, JOURNAL_FD)  # SenderConfig.journal_fd says so
+            keep = JOURNAL_FD + 1
+        os.closerange(keep, os.sysconf("SC_OPEN_MAX"))  # the lock, the database, the sockets
         signal.set_wakeup_fd(-1)
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
             signal.signal(signum, signal.SIG_DFL)
@@ -140,8 +146,9 @@ def _become_sender(stdin: int, stdout: int) -> NoReturn:
 class Pool:
     """The live sender children, by pid."""
 
-    def __init__(self, config: SenderConfig):
+    def __init__(self, config: SenderConfig, journal: int = -1):
         self.config = config
+        self.journal = journal  # fd of children.journal, handed to every child as fd 3
         self.children: dict[int, Child] = {}
         self._idle: dict[int, Child] = {}  # in the order they became idle
         self._warm: dict[str, dict[int, Child]] = {}  # idle ones by their last destination
@@ -168,7 +175,7 @@ class Pool:
                 os.close(fd)
             raise
         if pid == 0:
-            _become_sender(child_in, child_out)
+            _become_sender(child_in, child_out, self.journal)
         gc.unfreeze()
         os.close(child_in)
         os.close(child_out)
@@ -176,7 +183,8 @@ class Pool:
         os.set_blocking(from_child, False)
         now = time.monotonic()
         child = Child(pid, to_child, from_child, started_at=now, last_heard=now)
-        child.outbuf += encode_config(self.config)
+        child.outbuf += encode_config(replace(
+            self.config, journal_fd=JOURNAL_FD if self.journal >= 0 else -1))
         self.children[pid] = child
         return child
 

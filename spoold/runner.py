@@ -17,8 +17,11 @@ DESCRIPTION
     sender/protocol.py).  It never runs more than max_children children, nor
     more than destination_concurrency on one domain; a child serves up to
     max_use jobs, then exits.  Each result becomes an attempt (outcome.py)
-    that is logged at once and written to the database in batches: final
-    outcomes delete their queue row in the transaction that logs them.
+    that is logged at once, appended to RUN_DIR/results.journal, and
+    written to the database in batches: final outcomes delete their queue
+    row in the transaction that logs them.  A runner killed between two
+    batches replays the journal when it starts again (spoold/journal.py),
+    so a message the remote server took is not sent a second time.
 
     One select loop watches the children's pipes, the poke socket (new mail:
     see poke.py), and the signals (set_wakeup_fd; handlers record nothing
@@ -69,12 +72,13 @@ CONFIGURATION PARAMETERS
     [runner] run_dir (/run/spoold), max_children (100), max_use (100),
     destination_concurrency (20), job_size (20), claim_batch (500), lease
     (600 s), backoff_min (300 s), backoff_max (4000 s), max_lifetime (5 d),
-    child_timeout (3600 s), grace_period (30 s), flush_interval (0.2 s),
-    scan_interval (5 s); [mailout] expand_chunk (20000), interval (1 s);
-    [smtp], [dns], [mta_sts] and [dkim] are passed on to the children (paths
-    made absolute; key files are read by the children, never by the runner);
-    [bounces] domain, secret, local_part (VERP envelope senders) and
-    listen_port, [submission] listen_port (the listeners).
+    max_agent_failures (3), child_timeout (3600 s), grace_period (30 s),
+    flush_interval (0.2 s), scan_interval (5 s); [mailout] expand_chunk
+    (20000), interval (1 s); [smtp], [dns], [mta_sts] and [dkim] are passed
+    on to the children (paths made absolute; key files are read by the
+    children, never by the runner); [bounces] domain, secret, local_part
+    (VERP envelope senders) and listen_port, [submission] listen_port (the
+    listeners).
 """
 
 from __future__ import annotations
@@ -93,7 +97,8 @@ from spoold import config as config_mod
 from spoold import outcome
 from spoold.bounces import verp
 from spoold.config import Config
-from spoold.errors import ConfigError, StoreUnavailable
+from spoold.errors import ConfigError, StoreError, StoreUnavailable
+from spoold.journal import ResultJournal
 from spoold.listeners import Listeners
 from spoold.lock import RunLock
 from spoold.log import configure as configure_log
@@ -196,6 +201,9 @@ class Runner:
             self.log.warning("stale_lock", previous_pid=lock.previous_pid, action="taken over")
         try:
             self.store = store_for(self.config)
+            self.journal = ResultJournal(run_dir)
+            self.pool.journal = self.journal.children_fd
+            self._replay_journal()
             released = self.store.release_owner(self.owner)
             if released:
                 self.log.info("leases_returned", rows=released, owner=self.owner)
@@ -214,6 +222,32 @@ class Runner:
         finally:
             self._restore_signals()
             lock.release()
+
+    def _replay_journal(self) -> None:
+        """Commit what a previous life of this runner heard but did not write."""
+        attempts, results = self.journal.read()
+        known = {a.row.id for a in attempts}
+        unheard = {r.id: r for r in results if r.id not in known}
+        if unheard:
+            runner, now = self.config.runner, time.time()
+            rows = self.store.leased_rows(self.owner, list(unheard))
+            attempts += [outcome.from_result(row, unheard[row.id], now, runner.backoff_min,
+                                             runner.backoff_max, runner.max_agent_failures)
+                         for row in rows]
+        if attempts:
+            try:
+                applied = self.store.replay(attempts, self.owner)
+            except StoreUnavailable:
+                raise
+            except StoreError as exc:
+                # Never a crash loop over a journal the database refuses: keep it for
+                # a human, and let the rows come back to the queue.
+                kept = self.journal.set_aside()
+                self.log.error("journal_refused", error=str(exc), kept_as=str(kept),
+                               note="its rows are tried again; some may be sent twice")
+                return
+            self.log.warning("results_replayed", journalled=len(attempts), applied=applied)
+        self.journal.clear()
 
     def _install_signals(self) -> None:
         self.sig_r, self.sig_w = socket.socketpair()
@@ -502,7 +536,13 @@ class Runner:
 
     def _send_job(self, child: Child, domain: str) -> None:
         queue = self.backlog[domain]
-        rows = [queue.popleft() for _ in range(min(self.config.runner.job_size, len(queue)))]
+        rows = [queue.popleft()]
+        if not rows[0].agent_failures:
+            # A row a child has failed on travels alone, so that its next failure
+            # names it and not the rows that happened to share its job.
+            size = self.config.runner.job_size
+            while queue and len(rows) < size and not queue[0].agent_failures:
+                rows.append(queue.popleft())
         self.backlog_rows -= len(rows)
         if not queue:
             del self.backlog[domain]
@@ -573,7 +613,7 @@ class Runner:
                 raise ProtocolError(f"result for id {reply.id}, which it was not given")
             runner = self.config.runner
             self._record(outcome.from_result(row, reply, time.time(), runner.backoff_min,
-                                             runner.backoff_max),
+                                             runner.backoff_max, runner.max_agent_failures),
                          tls=reply.tls, cipher=reply.cipher, tls_policy=reply.tls_policy)
         elif isinstance(reply, Done):
             if not child.busy:
@@ -604,7 +644,8 @@ class Runner:
         runner = self.config.runner
         now = time.time()
         for row in child.pending.values():
-            self._record(outcome.lost(row, why, now, runner.backoff_min, runner.backoff_max))
+            self._record(outcome.lost(row, why, now, runner.backoff_min, runner.backoff_max,
+                                      runner.max_agent_failures))
         child.pending.clear()
 
     def _child_lost(self, child: Child, why: str) -> None:
@@ -644,6 +685,7 @@ class Runner:
             self.first_result_at = time.monotonic()
         self.results.append(attempt)
         self.stats.recorded(attempt.status)
+        self.journal.append(attempt)
 
     def _flush(self) -> None:
         batch, self.results = self.results, []
@@ -653,6 +695,7 @@ class Runner:
         except BaseException:
             self.results = batch + self.results
             raise
+        self.journal.clear()
         self.stats.wrote(time.monotonic() - started)
 
     def _status_line(self) -> str:
@@ -676,6 +719,7 @@ class Runner:
         except StoreUnavailable:
             pass  # the runner row only feeds "status"; its heartbeat will go stale
         self.store.close()
+        self.journal.close()
 
     def _wait_children(self) -> None:
         deadline = time.monotonic() + _KILL_WAIT
@@ -699,4 +743,4 @@ class Runner:
                 self.log.error("database_unavailable", error=str(exc),
                                results_waiting=len(self.results))
         self.log.error("results_unsaved", rows=len(self.results),
-                       note="their leases expire and they are tried again")
+                       note="kept in the journal for the next start")

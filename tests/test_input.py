@@ -63,9 +63,20 @@ def test_unusable_messages_are_refused_with_the_line(data, reason):
         prepare_message(data)
 
 
-def test_composed_subject_cannot_inject_headers():
-    with pytest.raises(MessageError, match="linefeed or carriage return"):
-        compose_message("a@example.org", ["b@example.org"], "hi\r\nBcc: c@evil.example", "x")
+@pytest.mark.parametrize("subject", ["hi\r\nBcc: c@evil.example", "hi\n", "hi\r", "hi\x0b",
+                                     "hi\u2028Bcc: c@evil.example"])
+def test_composed_subject_cannot_inject_headers(subject):
+    # A trailing line break used to pass the email package's own check and end
+    # the header section early, pushing spoold's MIME headers into the body.
+    with pytest.raises(MessageError, match=r"subject: character .* line break"):
+        compose_message("a@example.org", ["b@example.org"], subject, "x")
+
+
+def test_undecodable_text_is_refused_by_field():
+    with pytest.raises(MessageError, match="body: character 2 is not text"):
+        compose_message("a@example.org", ["b@example.org"], "s", "x\udcff")
+    with pytest.raises(AddressError, match="not text"):
+        parse_address("\udcff@example.org")
 
 
 def test_header_recipients_and_bcc_removal():

@@ -20,6 +20,7 @@ def _enqueue_cli(spool, *to, **kw):
 
 
 def test_db_upgrade_reports_the_schema_version(spool):
+
     first = spool.cli("db", "upgrade").stdout.decode()
     assert first.startswith(f"schema version {LATEST} (was 0)")
     assert spool.cli("db", "upgrade").stdout.decode() == f"schema version {LATEST}\n"

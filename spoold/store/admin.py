@@ -187,13 +187,15 @@ class AdminOps(QueueOps):
     def release_held(self, ids: Sequence[int] | None = None, domain: str | None = None,
                      state: str | None = None, recipient: str | None = None) -> int:
         return self._set_state(ids, {"domain": domain, "state": state, "recipient": recipient},
-                               ("held",), "state = 'queued'")
+                               ("held",), "state = 'queued', agent_failures = 0")
 
     def requeue(self, ids: Sequence[int] | None = None, domain: str | None = None,
                 state: str | None = None, recipient: str | None = None) -> int:
         """Queued or held rows become due now with a fresh retry schedule."""
         return self._set_state(ids, {"domain": domain, "state": state, "recipient": recipient},
-                               ("queued", "held"), "state = 'queued', not_before = ?, attempts = 0",
+                               ("queued", "held"),
+                               "state = 'queued', not_before = ?, attempts = 0, "
+                               "agent_failures = 0",
                                (time.time(),))
 
     def flush(self) -> int:

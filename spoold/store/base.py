@@ -28,7 +28,8 @@ _CHUNK = 500
 MAILOUT_MESSAGE = 0
 
 _ROW_COLUMNS = ("id, message_id, sender, recipient, domain, priority, attempts, "
-                "created_at, expires_at, last_code, last_dsn, last_reply, mailout_id")
+                "created_at, expires_at, last_code, last_dsn, last_reply, mailout_id, "
+                "agent_failures")
 
 
 @dataclass
@@ -46,6 +47,7 @@ class QueueRow:
     last_dsn: str | None = None
     last_reply: str | None = None
     mailout_id: int | None = None  # set on a mailout's rows (message_id is MAILOUT_MESSAGE)
+    agent_failures: int = 0  # times a delivery agent died, hung or failed holding it
     # Not a column (the ones above are _ROW_COLUMNS, in order):
     claimed_at: float = 0.0  # runner's monotonic clock when claimed (stats.py)
 
@@ -64,6 +66,8 @@ class Attempt:
     suppress: bool = False  # bounced only: add the recipient to suppression
     kind: str = ""  # the bounce verdict (spoold.bounces.classify): hard, soft, policy, ...
     cause: str = ""  # its reason: userunknown, mailboxfull, blocked, ...
+    agent_failure: bool = False  # deferred only: the delivery agent failed, not the peer
+    hold: bool = False  # deferred only: set the row aside (state held) instead of queued
 
 
 def _chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterator[Sequence[Any]]:

@@ -117,21 +117,58 @@ class QueueOps(Backend):
             return
         now = time.time() if now is None else now
         with self.transaction() as cur:
-            self._log(cur, attempts, now)
-            final = [a.row.id for a in attempts if a.status in FINAL]
-            for chunk in _chunks(final):
-                self.execute(cur, f"DELETE FROM notify WHERE id IN ({_marks(chunk)}) "
-                                  f"AND lease_owner = ?", [*chunk, owner])
-            deferred = [a for a in attempts if a.status == "deferred"]
-            self.executemany(cur, "UPDATE notify SET state = 'queued', attempts = attempts + 1, "
-                                  "not_before = ?, last_code = ?, last_dsn = ?, last_reply = ?, "
-                                  "lease_owner = NULL, lease_until = NULL "
-                                  "WHERE id = ? AND lease_owner = ?",
-                             [(a.not_before, a.code, a.dsn, a.reply, a.row.id, owner)
-                              for a in deferred])
-            self._apply_verdicts(cur, attempts, now)
-            self._drop_orphan_messages(cur, {a.row.message_id for a in attempts
-                                             if a.status in FINAL})
+            self._apply(cur, attempts, owner, now)
+
+    def leased_rows(self, owner: str, ids: Sequence[int]) -> list[QueueRow]:
+        """The rows among ``ids`` that are active under ``owner``'s lease."""
+        rows: list[QueueRow] = []
+        with self.transaction() as cur:
+            for chunk in _chunks(sorted(set(ids))):
+                rows.extend(QueueRow(*r) for r in self.execute(
+                    cur, f"SELECT {_ROW_COLUMNS} FROM notify WHERE id IN ({_marks(chunk)}) "
+                         f"AND lease_owner = ? AND state = 'active'", [*chunk, owner]).fetchall())
+        return rows
+
+    def replay(self, attempts: Sequence[Attempt], owner: str) -> int:
+        """Record journalled attempts (spoold/journal.py) whose row ``owner`` still leases.
+
+        An attempt whose row is gone or no longer leased to ``owner`` was
+        committed before the runner died (or its lease ran out and another
+        runner has it): it is skipped, so replaying never logs twice.
+        Returns how many were applied.
+        """
+        now = time.time()
+        with self.transaction() as cur:
+            leased: set[int] = set()
+            for chunk in _chunks(sorted({a.row.id for a in attempts})):
+                leased.update(r[0] for r in self.execute(
+                    cur, f"SELECT id FROM notify WHERE id IN ({_marks(chunk)}) AND "
+                         f"lease_owner = ? AND state = 'active'", [*chunk, owner]).fetchall())
+            pending = {a.row.id: a for a in attempts if a.row.id in leased}  # the last one wins
+            self._apply(cur, list(pending.values()), owner, now)
+        return len(pending)
+
+    def _apply(self, cur: Any, attempts: Sequence[Attempt], owner: str, now: float) -> None:
+        if not attempts:
+            return
+        self._log(cur, attempts, now)
+        final = [a.row.id for a in attempts if a.status in FINAL]
+        for chunk in _chunks(final):
+            self.execute(cur, f"DELETE FROM notify WHERE id IN ({_marks(chunk)}) "
+                              f"AND lease_owner = ?", [*chunk, owner])
+        deferred = [a for a in attempts if a.status == "deferred"]
+        self.executemany(cur, "UPDATE notify SET state = ?, attempts = attempts + 1, "
+                              "agent_failures = ?, not_before = ?, last_code = ?, "
+                              "last_dsn = ?, last_reply = ?, "
+                              "lease_owner = NULL, lease_until = NULL "
+                              "WHERE id = ? AND lease_owner = ?",
+                         [("held" if a.hold else "queued",
+                           a.row.agent_failures + a.agent_failure, a.not_before, a.code,
+                           a.dsn, a.reply, a.row.id, owner)
+                          for a in deferred])
+        self._apply_verdicts(cur, attempts, now)
+        self._drop_orphan_messages(cur, {a.row.message_id for a in attempts
+                                         if a.status in FINAL})
 
     def _log(self, cur: Any, attempts: Sequence[Attempt], now: float) -> None:
         self.executemany(cur, "INSERT INTO delivery (notify_id, message_id, sender, recipient, "

@@ -49,6 +49,9 @@ Rollups of the delivery log (migration 5), kept by the transaction that logs eac
 The web UI's own tables (migration 5):
     webui_user   people who may log in: name, role (admin|viewer), Argon2 hash
     webui_token  API tokens, stored as SHA-256 digests, each for one user
+
+Migration 6: notify.agent_failures, how many times the delivery agent died,
+hung or failed while it had the row (outcome.py holds a row after a few).
 """
 
 # Refills the rollups from the log: run by the migration that added them, and
@@ -317,6 +320,9 @@ MIGRATIONS: list[list[str | dict[str, str]]] = [
             created_at {real} NOT NULL
         ){table}""",
         "CREATE INDEX webui_token_user ON webui_token (user_id)",
+    ],
+    [
+        "ALTER TABLE notify ADD COLUMN agent_failures INTEGER NOT NULL DEFAULT 0",
     ],
 ]
 

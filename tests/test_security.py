@@ -1,0 +1,139 @@
+"""Security review, as tests: SQL only with bound values, secrets kept out of sight.
+
+- Every f-string in spoold/store that builds SQL interpolates only
+  placeholder lists (_marks), fixed column lists and clauses written in the
+  code, never a value (values go through ``?`` parameters).
+- A database password in the URL never shows in ``spoold status``, ``queue``,
+  ``config --show``, ``db upgrade``, ``enqueue`` or ``run``, whether the
+  server refuses the connection, refuses the password, or works.
+- Sender children get no database credentials: not in their environment,
+  argv or config line, and no connection to the database.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import secrets
+from pathlib import Path
+from urllib.parse import quote
+
+import psutil
+import pytest
+
+from conftest import _mysql_admin, wait_for
+
+from spoold.runner import sender_config
+from sender.protocol import encode_config
+
+ROOT = Path(__file__).resolve().parent.parent
+_SQL = re.compile(r"\b(SELECT|INSERT|UPDATE|DELETE|WHERE|FROM|INTO|SET|IN \()\b|LIMIT|ORDER BY")
+# What an SQL f-string may interpolate: placeholder lists, fixed identifiers and
+# clauses that the store's own code writes (never a caller's value).  Each name
+# here was read where it is built: column lists and table names are constants
+# of the code, ``order`` is ASC or DESC, ``sel.*`` and ``where`` come from the
+# store's own clauses or the --where compiler (spoold/store/filters.py), which
+# binds every value and every attribute name as a parameter.
+_ALLOWED = re.compile(r"^(_marks\(\w+\)|_ROW_COLUMNS|self\.(claim_lock|insert_ignore)|where|"
+                      r"joiner|assignments|column|columns|order|table|joins|names|not_before|"
+                      r"MAILOUT_MESSAGE|sel\.(source|key|where)|"
+                      r"'[ ,.\w]*'\.join\(\(?('u\.' \+ c for c in )?"
+                      r"(self\.)?(_?[A-Z_]+|names)\)?\))$")
+
+
+def test_store_sql_interpolates_only_placeholders_and_fixed_identifiers():
+    checked = 0
+    for path in sorted((ROOT / "spoold" / "store").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.JoinedStr):
+                continue
+            text = "".join(v.value for v in node.values if isinstance(v, ast.Constant))
+            if not _SQL.search(text):
+                continue  # an error message
+            for value in node.values:
+                if isinstance(value, ast.FormattedValue):
+                    source = ast.unparse(value.value)
+                    assert _ALLOWED.match(source), f"{path.name}:{node.lineno}: {{{source}}}"
+                    checked += 1
+    assert checked > 20  # the walk did find the store's SQL
+
+
+def _outputs(spool, *commands) -> str:
+    seen = []
+    for command in commands:
+        proc = spool.cli(*command, check=False)
+        seen.append(proc.stdout.decode() + proc.stderr.decode())
+    return "\n".join(seen)
+
+
+COMMANDS = (("status",), ("queue",), ("config", "--show"), ("db", "upgrade"), ("flush",),
+            ("enqueue", "-f", "a@spoold.test", "--to", "b@x.test", "--subject", "s", "--body", "b"),
+            ("run", "--drain"))
+
+
+@pytest.mark.parametrize("where", ["refused", "wrong password"])
+def test_database_password_never_shows_when_the_database_fails(spool_factory, where):
+    password = "Pw-" + secrets.token_hex(8)
+    host = "127.0.0.1:1" if where == "refused" else "127.0.0.1:3306"
+    spool = spool_factory(f"mysql://root:{quote(password)}@{host}/spool")
+    text = _outputs(spool, *COMMANDS)
+    assert "spoold: mysql://127.0.0.1:" in text  # the errors name the server, without the login
+    assert password not in text and quote(password) not in text
+
+
+@pytest.fixture
+def mysql_user(mysql_url):
+    """A MariaDB account with a password, allowed on the test's database."""
+    name = f"spoold_{secrets.token_hex(4)}"
+    password = "Pw-" + secrets.token_hex(8) + "-@:/#%?"  # URL syntax in it, quoted in the URL
+    database = mysql_url.rsplit("/", 1)[1]
+    admin = _mysql_admin()
+    try:
+        with admin.cursor() as cur:
+            cur.execute(f"CREATE USER '{name}'@'127.0.0.1' IDENTIFIED BY %s", (password,))
+            cur.execute(f"GRANT ALL ON {database}.* TO '{name}'@'127.0.0.1'")
+        yield f"mysql://{name}:{quote(password, safe='')}@127.0.0.1:3306/{database}", password
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f"DROP USER IF EXISTS '{name}'@'127.0.0.1'")
+        admin.close()
+
+
+def test_working_runner_and_its_children_hold_no_password_in_sight(world, spool_factory,
+                                                                    mysql_user):
+    from spoold.fakenet import Behaviour
+
+    url, password = mysql_user
+    world.add_domain("slow.test", Behaviour(delay=1.0))
+    spool = spool_factory(url)
+    spool.cli("enqueue", "-f", "a@spoold.test", "--to", "u1@slow.test", "--to", "u2@slow.test",
+              "--subject", "s", "--body", "b")
+    proc = spool.start()
+    runner = psutil.Process(proc.pid)
+
+    def children():
+        return [c for c in runner.children() if "sender" in " ".join(c.cmdline())]
+
+    wait_for(children, 20, "a sender child")
+    for child in children():
+        environment = Path(f"/proc/{child.pid}/environ").read_bytes()
+        assert password.encode() not in environment and b"mysql://" not in environment
+        assert password not in " ".join(child.cmdline())
+        assert not [c for c in child.net_connections(kind="tcp")
+                    if c.raddr and c.raddr.port == 3306], "a child talks to the database"
+    assert password.encode() not in encode_config(sender_config(spool.config))
+    spool.wait_settled(timeout=30)
+    status = _outputs(spool, ("status",), ("queue",), ("config", "--show"), ("log",))
+    spool.stop()
+    logs = "\n".join(spool.log_lines())
+    assert "sent" in status and '"delivery"' in logs
+    for secret in (password, quote(password, safe="")):
+        assert secret not in status and secret not in logs
+
+
+def test_password_with_url_syntax_connects_and_stays_hidden(spool_factory, mysql_user):
+    url, password = mysql_user
+    spool = spool_factory(url)
+    text = _outputs(spool, ("db", "upgrade"), ("config", "--show"))
+    assert "schema version" in text and "***" in text
+    assert password not in text and quote(password, safe="") not in text
