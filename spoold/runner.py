@@ -97,6 +97,7 @@ from spoold.log import reopen as reopen_log
 from spoold.notify import ServiceNotifier
 from spoold.poke import PokeSocket
 from spoold.pool import Child, Pool, describe_status
+from spoold.shaping import Shaper
 from spoold.stats import RunnerStats
 from spoold.store import Attempt, QueueRow, Store, store_for
 
@@ -179,6 +180,7 @@ class Runner:
         self.store: Store | None = None
         self.stats = RunnerStats()
         self.notifier = ServiceNotifier()
+        self.shaper = Shaper(config, self.owner, self.log)
 
     # -- life cycle -----------------------------------------------------------
 
@@ -192,6 +194,7 @@ class Runner:
             released = self.store.release_owner(self.owner)
             if released:
                 self.log.info("leases_returned", rows=released, owner=self.owner)
+            self.shaper.start(self.store)
             self.poker = PokeSocket(run_dir)
             self._install_signals()
             self.listeners = Listeners(self.config, self.log, enabled=not self.drain)
@@ -253,6 +256,7 @@ class Runner:
             if not self.stopping:
                 self._housekeeping(now)
                 self._claim(now)
+                self._shape()
         except StoreUnavailable as exc:
             self.db_failures += 1
             delay = min(30.0, 2 ** min(self.db_failures, 5) / 2)
@@ -277,6 +281,7 @@ class Runner:
             deadlines.append(self.next_hung_check)
         if self.listeners.next_start() is not None:
             deadlines.append(self.listeners.next_start())
+        deadlines.append(now + self.shaper.wake_in())
         return max(0.0, min(deadlines) - now)
 
     def _on_event(self, key: selectors.SelectorKey) -> None:
@@ -356,6 +361,7 @@ class Runner:
                 self.log.warning("reload_needs_restart", setting=f"{section}.{key}")
         self.config = new
         self.pool.config = sender_config(new)
+        self.shaper.configure(new, self.log)
         self.listeners.reload(new)
         for child in self.pool.children.values():
             child.retiring = True
@@ -432,20 +438,38 @@ class Runner:
     # -- dispatching ----------------------------------------------------------
 
     def _dispatch(self) -> None:
-        """Hand out jobs round-robin over destinations, within both caps."""
+        """Hand out jobs round-robin over destinations, within both caps and the
+        shaping limits of the destinations that have them (shaping.py)."""
         limit = self.config.runner.destination_concurrency
+        size = self.config.runner.job_size
+        shaper = self.shaper
         progress = True
         while progress and self.backlog:
             if self.pool.busy_count() >= self.config.runner.max_children:
                 return
             progress = False
             for domain in list(self.backlog):
-                if self.active[domain] >= limit:
+                key = shaper.governs(domain) if shaper.enabled else None
+                if key is not None:
+                    if not shaper.may_try(key, domain):
+                        continue
+                    child = shaper.idle_holder(key, self.pool.children) or \
+                        self._free_child(domain)
+                    if child is None:
+                        return
+                    granted = shaper.acquire(key, domain, child.pid,
+                                             min(size, len(self.backlog[domain])))
+                    if not granted:
+                        self.pool.unassign(child)  # back among the idle ones
+                        continue
+                    self._send_job(child, domain, granted)
+                elif self.active[domain] >= limit:
                     continue
-                child = self._free_child(domain)
-                if child is None:
-                    return
-                self._send_job(child, domain)
+                else:
+                    child = self._free_child(domain)
+                    if child is None:
+                        return
+                    self._send_job(child, domain, size)
                 progress = True
 
     def _route(self, domain: str) -> list[Target] | None:
@@ -460,6 +484,7 @@ class Runner:
 
     def _learn_route(self, domain: str, done: Done) -> None:
         if done.targets:
+            self.shaper.learned(domain, done.targets)
             self.routes[domain] = (time.monotonic() + done.ttl, done.targets)
             self.routes.move_to_end(domain)
             if len(self.routes) > _ROUTES:
@@ -482,9 +507,9 @@ class Runner:
         self._feed(child)
         return child
 
-    def _send_job(self, child: Child, domain: str) -> None:
+    def _send_job(self, child: Child, domain: str, size: int) -> None:
         queue = self.backlog[domain]
-        rows = [queue.popleft() for _ in range(min(self.config.runner.job_size, len(queue)))]
+        rows = [queue.popleft() for _ in range(min(size, len(queue)))]
         self.backlog_rows -= len(rows)
         if not queue:
             del self.backlog[domain]
@@ -550,9 +575,11 @@ class Runner:
             if row is None:
                 raise ProtocolError(f"result for id {reply.id}, which it was not given")
             runner = self.config.runner
-            self._record(outcome.from_result(row, reply, time.time(), runner.backoff_min,
-                                             runner.backoff_max),
-                         tls=reply.tls, cipher=reply.cipher, tls_policy=reply.tls_policy)
+            attempt = outcome.from_result(row, reply, time.time(), runner.backoff_min,
+                                          runner.backoff_max)
+            self._record(attempt, tls=reply.tls, cipher=reply.cipher, tls_policy=reply.tls_policy)
+            if attempt.kind:  # a failure: it may throttle the destination (shaping.py)
+                self.shaper.on_attempt(attempt)
         elif isinstance(reply, Done):
             if not child.busy:
                 raise ProtocolError(f"done line for job {reply.job}, but it had no job")
@@ -563,6 +590,7 @@ class Runner:
     def _job_done(self, child: Child, done: Done) -> None:
         self._fail_pending(child, "delivery agent gave no result")
         self._learn_route(child.domain, done)
+        self.shaper.job_done(child.pid, done.kept is not None)
         child.kept = done.kept
         self.active[child.domain] -= 1
         child.uses += 1
@@ -589,6 +617,7 @@ class Runner:
         if child.closed:
             return
         self._fail_pending(child, why)
+        self.shaper.child_gone(child.pid)
         if child.busy:
             self.active[child.domain] -= 1
             self.pool.unassign(child)
@@ -623,6 +652,16 @@ class Runner:
         self.results.append(attempt)
         self.stats.recorded(attempt.status)
 
+    def _shape(self) -> None:
+        """The shaper's database work; rows it gave back to the queue leave the backlog."""
+        given_back = self.shaper.tick(self.backlog, self.backlog_rows)
+        if given_back:
+            self.backlog_rows -= len(given_back)
+            for row in given_back:
+                self._unref_body(row.message_id)
+            self.want_claim = True  # the room they leave is for other destinations
+            self.next_scan = self.last_claim + _CLAIM_GAP
+
     def _flush(self) -> None:
         batch, self.results = self.results, []
         started = time.monotonic()
@@ -649,6 +688,7 @@ class Runner:
             self._retire(child)
         self._wait_children()
         self._final_flush()
+        self.shaper.close()
         try:
             self.store.forget_runner(self.owner)
         except StoreUnavailable:

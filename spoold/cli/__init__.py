@@ -17,11 +17,11 @@ import traceback
 from collections.abc import Sequence
 
 from spoold import config as config_mod
-from spoold.cli import bounces, daemon, dkim, queue
+from spoold.cli import bounces, daemon, dkim, queue, shaping
 from spoold.errors import SpooldError
 from spoold.log import configure as configure_log
 
-GROUPS = (daemon, queue, dkim, bounces)
+GROUPS = (daemon, queue, dkim, bounces, shaping)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from spoold.store.admin import AdminOps
 from spoold.store.bounces import BounceOps
+from spoold.store.shaping import ShapingOps
 
 
-class Store(AdminOps, BounceOps):
-    """Queue, log, suppression and operator operations over one database connection."""
+class Store(AdminOps, BounceOps, ShapingOps):
+    """Queue, log, suppression, traffic shaping and operator operations over one database
+    connection."""

@@ -27,6 +27,7 @@ _GONE = {2002, 2003, 2006, 2013, 2055, 1040, 1053, 1205, 1213}
 
 class MySQLStore(Store):
     claim_lock = " FOR UPDATE SKIP LOCKED"
+    row_lock = " FOR UPDATE"
     insert_ignore = "INSERT IGNORE"
     types: ClassVar[dict[str, str]] = {
         "serial": "BIGINT AUTO_INCREMENT PRIMARY KEY",
@@ -83,7 +84,7 @@ class MySQLStore(Store):
             self.conn = None
 
     @contextmanager
-    def transaction(self, write: bool = True) -> Iterator[Any]:
+    def transaction(self, write: bool = True, durable: bool = True) -> Iterator[Any]:
         conn = self._connect()
         try:
             conn.begin()

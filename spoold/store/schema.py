@@ -19,6 +19,12 @@ Tables
     destination_flag  destinations that refused us on policy (blocklist,
                  reputation, authentication...): for the operator and for
                  traffic shaping
+    destination_shaping  per shaping key (a rule's name, or a throttled
+                 domain): the rate tokens left and when they were counted,
+                 and the throttle state (factor of the limits in force,
+                 paused_until, the reply that throttled it) -- spoold/shaping.py
+    destination_slot  connections each runner holds per shaping key, under a
+                 lease that its runner renews (a dead runner's run out)
 """
 
 MIGRATIONS: list[list[str]] = [
@@ -129,6 +135,27 @@ MIGRATIONS: list[list[str]] = [
             first_at {real} NOT NULL,
             last_at {real} NOT NULL,
             notify_id BIGINT
+        ){table}""",
+    ],
+    [
+        """CREATE TABLE destination_shaping (
+            name VARCHAR(255) NOT NULL PRIMARY KEY,
+            tokens {real} NOT NULL,
+            filled_at {real} NOT NULL,
+            factor {real} NOT NULL,
+            paused_until {real} NOT NULL,
+            throttles INTEGER NOT NULL,
+            throttled_at {real},
+            cause VARCHAR(32),
+            reply {text},
+            relay VARCHAR(300)
+        ){table}""",
+        """CREATE TABLE destination_slot (
+            name VARCHAR(255) NOT NULL,
+            owner VARCHAR(255) NOT NULL,
+            slots INTEGER NOT NULL,
+            lease_until {real} NOT NULL,
+            PRIMARY KEY (name, owner)
         ){table}""",
     ],
 ]
