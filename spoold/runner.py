@@ -16,7 +16,10 @@ DESCRIPTION
     and hands them as jobs to ``python -m sender`` children over pipes (see
     sender/protocol.py).  It never runs more than max_children children, nor
     more than destination_concurrency on one domain; a child serves up to
-    max_use jobs, then exits.  Each result becomes an attempt (outcome.py)
+    max_use jobs, then exits.  Destinations with [shaping] rules, and
+    destinations that answered with a throttling reply, get connection
+    slots and rate tokens shared with every runner on the same database
+    instead (spoold/shaping.py).  Each result becomes an attempt (outcome.py)
     that is logged at once and written to the database in batches: final
     outcomes delete their queue row in the transaction that logs them.
 
@@ -57,7 +60,8 @@ DIAGNOSTICS
     One ``delivery`` event per attempt (id, to, relay, delay, dsn, status,
     reply; and tls, cipher, tls_policy for attempts a child made);
     lifecycle events start, stop, child_exit, child_timeout,
-    database_unavailable.  Exit status 0 after a clean stop, 75 when
+    database_unavailable; destination_throttled, destination_recovered
+    (spoold/shaping.py).  Exit status 0 after a clean stop, 75 when
     another runner holds the lock, 78 for a bad configuration.
 
 CONFIGURATION PARAMETERS
@@ -65,11 +69,12 @@ CONFIGURATION PARAMETERS
     destination_concurrency (20), job_size (20), claim_batch (500), lease
     (600 s), backoff_min (300 s), backoff_max (4000 s), max_lifetime (5 d),
     child_timeout (3600 s), grace_period (30 s), flush_interval (0.2 s),
-    scan_interval (5 s); [smtp], [dns], [mta_sts] and [dkim] are passed on
-    to the children (paths made absolute; key files are read by the
-    children, never by the runner); [bounces] domain, secret, local_part
-    (VERP envelope senders) and listen_port, [submission] listen_port (the
-    listeners).
+    scan_interval (5 s); [shaping] destinations ({}), throttle_pause (60 s),
+    recovery_interval (10 s) (spoold/shaping.py); [smtp], [dns], [mta_sts]
+    and [dkim] are passed on to the children (paths made absolute; key
+    files are read by the children, never by the runner); [bounces] domain,
+    secret, local_part (VERP envelope senders) and listen_port, [submission]
+    listen_port (the listeners).
 """
 
 from __future__ import annotations
@@ -457,8 +462,8 @@ class Runner:
                         self._free_child(domain)
                     if child is None:
                         return
-                    granted = shaper.acquire(key, domain, child.pid,
-                                             min(size, len(self.backlog[domain])))
+                    queued = len(self.backlog[domain])
+                    granted = shaper.acquire(key, domain, child.pid, min(size, queued), queued)
                     if not granted:
                         self.pool.unassign(child)  # back among the idle ones
                         continue

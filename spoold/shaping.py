@@ -27,10 +27,16 @@ DESCRIPTION
                  job takes the tokens for all its messages (up to job_size,
                  no more than there are) in the transaction that starts it;
                  a runner refused comes back when a tenth of a second's
-                 worth is there again.  The bucket holds at most burst
+                 worth is there again.  Where a tenth of a second's worth
+                 is more than the job, the runner also takes tokens for the
+                 rows it has queued behind it, up to that much, and uses
+                 them for its next jobs within 0.1 s (unused, they are
+                 lost): jobs whose child keeps its slot then need no round
+                 trip to the database.  The bucket holds at most burst
                  tokens (default: one second's worth), so over any window
-                 of T seconds a key gets at most burst + rate * T messages.
-                 Tokens count recipients (queue rows), as providers do.
+                 of T seconds a key gets at most burst + rate * (T + 0.1)
+                 messages.  Tokens count recipients (queue rows), as
+                 providers do.
     concurrency  each runner's slots per key (destination_slot) under a 30 s
                  lease that its runner renews every 10 s; a dead runner's
                  slots count for nothing once the lease ends.  A job takes a
@@ -121,7 +127,7 @@ PROBE = "*"  # the key of a domain whose route decides its rule, before it is kn
 _RENEW = 10.0
 _POLL = 1.0
 _SYNC = 0.1
-_BATCH = 0.1  # a refused runner waits for this many seconds' worth of tokens
+_BATCH = 0.1  # seconds' worth of tokens a refused runner waits for, or a runner leases
 _RETRY = (0.05, 0.5)  # waits of a runner refused a slot: doubling from, up to
 _HORIZON = 5.0  # a shaped destination keeps the rows it can take in this many seconds,
 _ROUNDS = 4  # or without a rate, this many rounds of jobs at its concurrency
@@ -202,6 +208,7 @@ class Shaper:
         self.probing: set[str] = set()
         self.debt: collections.Counter[str] = collections.Counter()  # probes' messages
         self.retry: dict[str, tuple[float, float]] = {}  # key -> (not before, last wait)
+        self.leases: dict[str, tuple[int, float]] = {}  # key -> (tokens taken, usable until)
         self.throttled: dict[str, DestinationState] = {}
         self.events: dict[str, tuple[str, Attempt]] = {}  # throttles not yet written
         self.mx_hosts: collections.OrderedDict[str, tuple[str, ...]] = \
@@ -260,9 +267,11 @@ class Shaper:
         return domain if domain in self.throttled else None
 
     def learned(self, domain: str, targets: list[Target]) -> None:
-        """A child looked up ``domain``'s route: which MX rule, if any, it falls under."""
-        if not self.mx_rules:
-            return
+        """A child looked up ``domain``'s route: which MX rule, if any, it falls under.
+
+        Kept without MX rules too: a reload may bring some, and jobs carry the
+        runner's cached route then, so no child would look it up again soon.
+        """
         self.mx_hosts[domain] = tuple(t.host.lower().rstrip(".") for t in targets)
         self.mx_hosts.move_to_end(domain)
         if len(self.mx_hosts) > _ROUTES:
@@ -308,8 +317,9 @@ class Shaper:
                 return child
         return None
 
-    def acquire(self, name: str, domain: str, pid: int, want: int) -> int:
-        """How many of ``want`` messages child ``pid`` may take to ``domain`` now (0: none)."""
+    def acquire(self, name: str, domain: str, pid: int, want: int, queued: int) -> int:
+        """How many of ``want`` messages child ``pid`` may take to ``domain`` now (0: none);
+        ``queued``: the rows the runner has for ``domain``, these included."""
         if name == PROBE:
             self._release(pid)
             self.probing.add(domain)
@@ -318,14 +328,17 @@ class Shaper:
         grant = self.grants.get(pid)
         reuse = grant is not None and grant.name == name and not grant.probe
         rule = self.rule(name)
-        if reuse and rule.rate is None:
-            self._activate(pid, grant)
-            return want
         now = time.time()
+        if reuse and (rule.rate is None or self._lease(name, now) >= want):
+            self._activate(pid, grant)
+            if rule.rate is not None:
+                tokens, until = self.leases[name]
+                self.leases[name] = (tokens - want, until)
+            return want
         try:
             with self.store.destination(name, self.owner, now, now + SLOT_LEASE,
                                         count_slots=not reuse) as state:
-                size = self._grant(state, rule, want, not reuse, now)
+                size = self._grant(state, rule, want, queued, not reuse, now)
         except StoreUnavailable as exc:
             if not self.outage:
                 self.log.error("shaping_unavailable", destination=name, error=str(exc),
@@ -343,8 +356,13 @@ class Shaper:
             self.dirty.discard(name)  # the grant wrote this runner's count
         return size
 
-    def _grant(self, state: DestinationState, rule: Rule, want: int, slot: bool,
-               now: float) -> int:
+    def _lease(self, name: str, now: float) -> int:
+        """Tokens this runner took for ``name`` and may still use."""
+        tokens, until = self.leases.get(name, (0, 0.0))
+        return tokens if now < until else 0
+
+    def _grant(self, state: DestinationState, rule: Rule, want: int, queued: int,
+               slot: bool, now: float) -> int:
         """Decide one grant inside its transaction; changes ``state`` to what it takes."""
         name = state.name
         self._observe(state, now)
@@ -361,15 +379,24 @@ class Shaper:
         if rate is not None:
             debt = self.debt.pop(name, 0)
             tokens = min(burst, state.tokens + (now - state.filled_at) * rate) - debt
-            size = min(want, math.floor(tokens))
+            # Tokens for this job and, within 0.1 s's worth, for the rows behind it:
+            # at high rates the next jobs need no transaction of their own.
+            lease = self._lease(name, now)
+            ahead = max(0, min(queued - want, math.floor(rate * _BATCH)))
+            take = max(0, min(math.floor(tokens), want + ahead - lease))
+            size = min(want, lease + take)
             batch = min(self.job_size, max(1.0, rate * _BATCH))
             if size < 1:
                 if debt:
                     state.tokens, state.filled_at = tokens, now
                 self.retry[name] = (now + (min(want, batch) - tokens) / rate, _RETRY[0])
                 return 0
-            state.tokens, state.filled_at = tokens - size, now
-            self.retry[name] = (now + max(0.0, batch - state.tokens) / rate, _RETRY[0])
+            state.tokens, state.filled_at = tokens - take, now
+            self.leases[name] = (lease + take - size, now + _BATCH)
+            if lease + take > size:
+                self.retry.pop(name, None)
+            else:
+                self.retry[name] = (now + max(0.0, batch - state.tokens) / rate, _RETRY[0])
         else:
             self.retry.pop(name, None)
         if slot:
@@ -399,7 +426,8 @@ class Shaper:
             if name in self.rules and self.rules[name].rate is not None:
                 self.debt[name] += grant.size
         elif kept and self.cache_time > 0:
-            grant.release_at = time.time() + self.cache_time
+            # the child closes it cache_time after its last reply, a little before this
+            grant.release_at = time.time() + self.cache_time + _SYNC
             self.kept.setdefault(grant.name, {})[pid] = None
             self.timers["release"] = min(self.timers["release"], grant.release_at)
         else:

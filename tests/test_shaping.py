@@ -139,42 +139,59 @@ def pair(db_url):
 
 def test_rate_tokens_are_shared_and_refill_from_time(pair):
     a, b = pair(_config({"r.example": {"rate": "20/s", "burst": 5}}))
-    assert a.acquire("r.example", "r.example", 101, 10) == 5  # the whole burst, no more
-    assert b.acquire("r.example", "r.example", 201, 10) == 0
+    assert a.acquire("r.example", "r.example", 101, 10, 10) == 5  # the whole burst, no more
+    assert b.acquire("r.example", "r.example", 201, 10, 10) == 0
     assert not b.may_try("r.example", "r.example")  # told when to come back
     time.sleep(0.3)  # 6 tokens' worth, but the bucket holds 5
-    got = b.acquire("r.example", "r.example", 202, 10) + a.acquire("r.example", "r.example",
-                                                                   102, 10)
-    assert got == 5
+    got = b.acquire("r.example", "r.example", 202, 10, 10)
+    assert got + a.acquire("r.example", "r.example", 102, 10, 10) == 5
+
+
+def test_at_high_rates_a_runner_leases_tokens_for_its_next_jobs(pair):
+    a, _ = pair(_config({"r.example": {"rate": "1000/s", "burst": 1000}}))
+    transactions = []
+    destination = a.store.destination
+    a.store.destination = lambda *args, **kw: transactions.append(args[0]) or \
+        destination(*args, **kw)
+    assert a.acquire("r.example", "r.example", 101, 10, 500) == 10
+    states, _ = a.store.shaping_rows(time.time())
+    assert states[0].tokens == 1000 - 10 - 100  # and a tenth of a second's worth behind it
+    a.job_done(101, kept=True)
+    for _ in range(10):  # its kept slot and its lease: no transaction
+        assert a.acquire("r.example", "r.example", 101, 10, 490) == 10
+        a.job_done(101, kept=True)
+    assert len(transactions) == 1
+    time.sleep(0.12)  # an unused lease is lost
+    assert a.acquire("r.example", "r.example", 101, 10, 10) == 10 and len(transactions) == 2
 
 
 def test_slots_are_shared_released_and_recovered_from_a_dead_runner(pair):
     a, b = pair(_config({"c.example": {"concurrency": 2}}))
-    assert a.acquire("c.example", "c.example", 101, 4) == 4
-    assert b.acquire("c.example", "c.example", 201, 4) == 4
-    assert a.acquire("c.example", "c.example", 102, 4) == 0  # 2 connections in use
+    assert a.acquire("c.example", "c.example", 101, 4, 4) == 4
+    assert b.acquire("c.example", "c.example", 201, 4, 4) == 4
+    assert a.acquire("c.example", "c.example", 102, 4, 4) == 0  # 2 connections in use
     assert not a.may_try("c.example", "c.example")
     a.job_done(101, kept=False)
     a.tick({}, 0)  # the release reaches the database within 0.1 s
     time.sleep(0.15)
     a.tick({}, 0)
     b.retry.clear()
-    assert b.acquire("c.example", "c.example", 202, 4) == 4
+    assert b.acquire("c.example", "c.example", 202, 4, 4) == 4
     # runner b dies holding 2 slots: they count until their lease ends
     b.store.set_slots("runner-b", {"c.example": 2}, time.time() - 1)
     a.retry.clear()
-    assert a.acquire("c.example", "c.example", 103, 4) == 4
-    assert a.acquire("c.example", "c.example", 104, 4) == 4
+    assert a.acquire("c.example", "c.example", 103, 4, 4) == 4
+    assert a.acquire("c.example", "c.example", 104, 4, 4) == 4
     assert 0 < SLOT_LEASE <= 60
 
 
 def test_a_kept_connection_keeps_its_slot_for_the_next_job(pair):
     a, b = pair(_config({"c.example": {"concurrency": 1}}, throttle_pause=1))
-    assert a.acquire("c.example", "c.example", 101, 4) == 4
+    assert a.acquire("c.example", "c.example", 101, 4, 4) == 4
     a.job_done(101, kept=True)
     a.tick({}, 0)
-    assert b.acquire("c.example", "c.example", 201, 4) == 0  # the idle connection counts
-    assert a.acquire("c.example", "c.example", 101, 4) == 4  # its own child: no new slot
+    assert b.acquire("c.example", "c.example", 201, 4, 4) == 0  # the idle connection counts
+    assert a.acquire("c.example", "c.example", 101, 4, 4) == 4  # its own child: no new slot
 
 
 def test_a_throttle_pauses_the_destination_for_every_runner_then_it_recovers(pair):
@@ -195,12 +212,28 @@ def test_a_throttle_pauses_the_destination_for_every_runner_then_it_recovers(pai
     assert sorted(f["destination"] for f in throttled) == ["plain.example", "r.example"]
     r = next(f for f in throttled if f["destination"] == "r.example")
     assert (r["factor"], r["concurrency"], r["rate"], r["cause"]) == (0.5, 2, 5.0, "speeding")
-    assert b.acquire("r.example", "r.example", 201, 10) == 0
+    assert b.acquire("r.example", "r.example", 201, 10, 10) == 0
     time.sleep(1.1)  # the pause is over: half the limits, growing back
     assert b.may_try("r.example", "r.example")
     wait_for(lambda: (b.tick({}, 0), "destination_recovered" in b.log.names())[1], 5,
              "recovery")
     assert not b.throttled and b.governs("plain.example") is None
+    assert [f["destination"] for name, f in b.log.events if name == "destination_recovered"] \
+        in (["plain.example", "r.example"], ["r.example", "plain.example"])
+    a.on_attempt(_attempt("r.example", 550, "5.7.1", "550 5.7.1 blocked using Spamhaus"))
+    a.tick({}, 0)
+    assert a.store.reset_destination("r.example")  # spoold shaping --reset
+    assert not a.store.reset_destination("r.example")
+    a.timers["poll"] = 0.0  # its next poll, within a second
+    a.tick({}, 0)
+    assert a.may_try("r.example", "r.example")
+
+
+def test_mx_rules_brought_by_a_reload_apply_to_routes_learned_before():
+    shaper = Shaper(_config(), "me", _Log())
+    shaper.learned("hosted.example", [Target("mx1.mail.example.net", "127.0.1.1", 10)])
+    shaper.configure(_config({"*.example.net": {"concurrency": 1}}), _Log())
+    assert shaper.governs("hosted.example") == "*.example.net"
 
 
 def test_rows_beyond_a_rate_go_back_to_the_queue_due_when_it_gets_to_them(pair):
@@ -261,7 +294,9 @@ def test_rate_and_concurrency_hold_together_across_two_runners_on_mariadb(
     first.wait_settled(timeout=30)
     times = _arrivals([sink])
     assert len(times) == 60
-    assert _excess(times, 20, 4) <= 3  # a recipient or two of latency jitter, no more
+    # beyond burst + rate * window: the 0.1 s token lease and a busy machine's latency
+    # jitter allow a few recipients; limits per runner went 30 beyond
+    assert _excess(times, 20, 4) <= 5
     assert times[-1] - times[0] >= (60 - 4) / 20 - 0.3
     assert sink.max_concurrent <= 2
     assert time.monotonic() - started < 15
@@ -275,11 +310,11 @@ def test_concurrency_limit_holds_across_two_runners_on_mariadb(world, spool_fact
     first, second = (spool_factory(mysql_url, name=name, runner={"claim_batch": 6, "job_size": 2},
                                    smtp={"connection_cache_time": 0.5}, shaping=rule)
                      for name in "ab")
-    _enqueue_each(first, [f"u{i}@conc.test" for i in range(30)])
+    _enqueue_each(first, [f"u{i}@conc.test" for i in range(20)])
     first.start()
     second.start()
     first.wait_settled(timeout=40)
-    assert len(_arrivals([sink])) == 30
+    assert len(_arrivals([sink])) == 20
     assert sink.max_concurrent == 2  # each runner alone would open 2
     assert log_events(first.log_lines(), "delivery") and \
         log_events(second.log_lines(), "delivery"), "both runners took part"
@@ -288,28 +323,30 @@ def test_concurrency_limit_holds_across_two_runners_on_mariadb(world, spool_fact
 def test_421_throttles_the_destination_as_a_whole_then_it_recovers(world, spool_factory):
     busy, = world.add_domain("busy.test", Behaviour(
         greeting="421 4.7.0 Too many connections from your IP, slow down"))
-    other, = world.add_domain("other.test", Behaviour(delay=0.02))
+    other, = world.add_domain("other.test")
+    pause = 3
     spool = spool_factory(runner={"destination_concurrency": 1, "job_size": 2,
                                   "backoff_min": 0.2, "backoff_max": 0.2},
-                          shaping={"throttle_pause": 2, "recovery_interval": 0.2})
+                          shaping={"throttle_pause": pause, "recovery_interval": 0.2})
     _enqueue_each(spool, [f"u{i}@busy.test" for i in range(10)])
     _enqueue_each(spool, [f"u{i}@other.test" for i in range(10)])
     spool.start()
     wait_for(lambda: log_events(spool.log_lines(), "destination_throttled"), 10, "a throttle")
     throttled_at = time.time()
+    wait_for(lambda: len(other.messages) == 10, pause - 1, "the unrelated destination's mail")
     shown = spool.cli("shaping").stdout.decode()
-    time.sleep(1.2)  # inside the pause: no new connection, the rest of its mail waits
-    assert busy.sessions == 1
-    assert len(other.messages) == 10, "an unrelated destination is not slowed"
+    assert busy.sessions == 1, "no new connection while paused: the rest of its mail waits"
+    assert time.time() < throttled_at + pause, "the machine is too slow for this test"
+    assert "busy.test" in shown and "paused" in shown and "Too many connections" in shown
     busy.behaviour = Behaviour()
     spool.wait_settled(timeout=30)
-    assert "busy.test" in shown and "paused" in shown and "Too many connections" in shown
-    assert min(_arrivals([busy])) >= throttled_at + 2 - 1.3
+    assert min(_arrivals([busy])) >= throttled_at + pause - 0.5
     attempts = collections.Counter(d["status"] for d in _deliveries(spool)
                                    if d["recipient"].endswith("@busy.test"))
     assert attempts == {"sent": 10, "deferred": 2}  # only the job that met the 421 failed
     event = log_events(spool.log_lines(), "destination_throttled")[0]
-    assert (event["destination"], event["cause"], event["pause"]) == ("busy.test", "speeding", 2)
+    assert (event["destination"], event["cause"], event["pause"]) == \
+        ("busy.test", "speeding", pause)
     wait_for(lambda: log_events(spool.log_lines(), "destination_recovered"), 10, "recovery")
     assert "no throttled destination" in spool.cli("shaping").stdout.decode()
 
