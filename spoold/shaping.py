@@ -14,11 +14,12 @@ DESCRIPTION
     the domain's route, from the first job that looked it up: until then a
     domain no domain rule names gets one probe job of one message at a
     time, and that message is charged afterwards to the rate of the rule
-    its route matched.  Among MX rules the longest suffix wins, matched
-    against the MX hosts in preference order; a domain rule wins over any
-    MX rule.  Destinations no rule names keep the runner's own behaviour
-    (runner.destination_concurrency per runner, no rate) and cost nothing
-    here, until one is throttled.
+    its route matched (a probe that learns no route, DNS having failed,
+    leaves the domain under no MX rule until a later job learns one).
+    Among MX rules the longest suffix wins, matched against the MX hosts in
+    preference order; a domain rule wins over any MX rule.  Destinations
+    no rule names keep the runner's own behaviour (destination_concurrency
+    per runner, no rate) and cost nothing here, until one is throttled.
 
     The limits hold across runners (state in spoold/store/shaping.py):
 
@@ -55,6 +56,7 @@ DESCRIPTION
                  backlog is more than half full (the runner claims no more),
                  those beyond four rounds of jobs at its concurrency (due
                  5 s later).  Checked every second and after each claim.
+                 With --drain, rows given back are left for the next run.
 
     Throttling backs off a destination as a whole, for every runner:
 
@@ -422,6 +424,9 @@ class Shaper:
             return  # no grant, or a kept one that this (unshaped) job did not use
         if grant.probe:
             self._release(pid)
+            # No route learned (DNS failed): no MX rule until one is, rather than
+            # its whole backlog one probe at a time behind DNS timeouts.
+            self.mx_keys.setdefault(grant.name, "")
             name = self.governs(grant.name)
             if name in self.rules and self.rules[name].rate is not None:
                 self.debt[name] += grant.size

@@ -229,6 +229,17 @@ def test_a_throttle_pauses_the_destination_for_every_runner_then_it_recovers(pai
     assert a.may_try("r.example", "r.example")
 
 
+def test_a_probe_that_learns_no_route_leaves_the_domain_unshaped_until_one_is_learned():
+    shaper = Shaper(_config({"*.example.net": {"concurrency": 1}}), "me", _Log())
+    assert shaper.governs("broken.example") == PROBE
+    assert shaper.acquire(PROBE, "broken.example", 101, 10, 500) == 1  # one message
+    assert not shaper.may_try(PROBE, "broken.example")  # one probe at a time
+    shaper.job_done(101, kept=False)  # its DNS lookup failed: no route
+    assert shaper.governs("broken.example") is None
+    shaper.learned("broken.example", [Target("mx1.example.net", "127.0.1.1", 10)])
+    assert shaper.governs("broken.example") == "*.example.net"
+
+
 def test_mx_rules_brought_by_a_reload_apply_to_routes_learned_before():
     shaper = Shaper(_config(), "me", _Log())
     shaper.learned("hosted.example", [Target("mx1.mail.example.net", "127.0.1.1", 10)])
