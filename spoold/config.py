@@ -54,6 +54,8 @@ class Setting:
     # table only: validates one entry, returns its value; raises ValueError naming the problem
     entry: Callable[[str, Any], Any] | None = None
     secret: bool = False  # shown as *** by spoold config --show
+    # table only: validates an entry's name, returns it as the key (default: a domain name)
+    name: Callable[[str], str] | None = None
 
 
 def _host_name(value: str) -> str | None:
@@ -110,6 +112,54 @@ def dkim_entry(name: str, value: Any) -> dict[str, str]:
         raise ValueError(f"{name}: selector and key_file must be non-empty strings")
     if not _DOMAIN.match(value["selector"].lower()):
         raise ValueError(f"{name}: selector {value['selector']!r} is not a DNS label")
+    return dict(value)
+
+
+_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*([a-z]+)\s*$")
+_RATE_UNITS = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60,
+               "h": 3600, "hour": 3600, "d": 86400, "day": 86400}
+
+
+def parse_rate(value: Any) -> float:
+    """Messages per second from a rate such as "20/s", "600/min", "5000/h" or "1e5/d"."""
+    match = _RATE.match(value.lower()) if isinstance(value, str) else None
+    if not match or match.group(2) not in _RATE_UNITS or float(match.group(1)) <= 0:
+        raise ValueError(f"{value!r} is not a rate such as \"20/s\", \"600/min\" or "
+                         "\"5000/h\"")
+    return float(match.group(1)) / _RATE_UNITS[match.group(2)]
+
+
+def shaping_pattern(name: str) -> str:
+    """A [shaping.destinations] name: a recipient domain, or "*." and the domain
+    its MX host names end in."""
+    bare = name.lower()
+    if not _DOMAIN.match(bare.removeprefix("*.")) or bare.startswith("."):
+        raise ValueError(f"{name!r} is neither a domain (gmail.com) nor an MX host pattern "
+                         "(*.outlook.com)")
+    return bare
+
+
+_RULE_KEYS = {"concurrency", "rate", "burst"}
+
+
+def shaping_entry(name: str, value: Any) -> dict[str, Any]:
+    """One [shaping.destinations] rule: concurrency and/or rate, burst only with a rate."""
+    if not isinstance(value, dict) or not value or set(value) - _RULE_KEYS:
+        raise ValueError(f"{name}: expected a table of concurrency, rate and burst, e.g. "
+                         "{ concurrency = 5, rate = \"600/min\" }")
+    if not ({"concurrency", "rate"} & set(value)):
+        raise ValueError(f"{name}: give a concurrency, a rate or both")
+    for key in ("concurrency", "burst"):
+        number = value.get(key, 1)
+        if isinstance(number, bool) or not isinstance(number, int) or number < 1:
+            raise ValueError(f"{name}: {key} must be a whole number of at least 1")
+    if "burst" in value and "rate" not in value:
+        raise ValueError(f"{name}: burst needs a rate")
+    if "rate" in value:
+        try:
+            parse_rate(value["rate"])
+        except ValueError as exc:
+            raise ValueError(f"{name}: rate {exc}") from None
     return dict(value)
 
 
@@ -282,6 +332,23 @@ SETTINGS: tuple[Setting, ...] = (
             "per domain, as \"spoold dkim keygen DOMAIN SELECTOR\" prints it:\n"
             "[dkim.domains.\"example.org\"] selector = \"s1\", key_file = \"PATH\" (a PEM private\n"
             "key; a relative path is relative to this file).", entry=dkim_entry),
+    Setting("shaping", "throttle_pause", "duration", 60,
+            "After a throttling reply from a destination (421, 4.7.x, \"too many\n"
+            "connections\", a blocklist: see spoold/shaping.py) no runner starts a new\n"
+            "connection to it for this long, and its limits are halved.", minimum=1),
+    Setting("shaping", "recovery_interval", "duration", 10,
+            "After the pause a throttled destination's limits grow back by a tenth of\n"
+            "their configured value per interval, until whole again.", minimum=0.1),
+    Setting("shaping", "destinations", "table", {},
+            "Limits per destination, held together and across every runner sharing the\n"
+            "database: concurrency (connections at once) and/or rate (messages per\n"
+            "\"s\", \"min\" or \"h\"; burst: messages that may go at once, default one\n"
+            "second's worth).  A name is a recipient domain, or *. and a suffix of the\n"
+            "MX host names (applies once a runner has looked the domain's MX up once):\n"
+            "\"gmail.com\" = { concurrency = 10, rate = \"600/min\" }\n"
+            "\"*.outlook.com\" = { concurrency = 5, rate = \"20/s\", burst = 40 }\n"
+            "Other destinations: runner.destination_concurrency per runner, no rate.",
+            entry=shaping_entry, name=shaping_pattern),
     Setting("dns", "nameservers", "list", [],
             "Resolvers to ask for MX/A/AAAA (IP addresses); empty means those of\n"
             "/etc/resolv.conf.", check=_ip_addresses),
@@ -449,7 +516,8 @@ def _convert(setting: Setting, value: Any) -> Any:
     if kind == "table":
         if not isinstance(value, dict):
             raise ValueError(f"expected a table, got {type(value).__name__}")
-        return {_domain_key(name): setting.entry(name, entry) for name, entry in value.items()}
+        key = setting.name or _domain_key
+        return {key(name): setting.entry(name, entry) for name, entry in value.items()}
     return value
 
 

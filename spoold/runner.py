@@ -16,7 +16,10 @@ DESCRIPTION
     and hands them as jobs to ``python -m sender`` children over pipes (see
     sender/protocol.py).  It never runs more than max_children children, nor
     more than destination_concurrency on one domain; a child serves up to
-    max_use jobs, then exits.  Each result becomes an attempt (outcome.py)
+    max_use jobs, then exits.  Destinations with [shaping] rules, and
+    destinations that answered with a throttling reply, get connection
+    slots and rate tokens shared with every runner on the same database
+    instead (spoold/shaping.py).  Each result becomes an attempt (outcome.py)
     that is logged at once, appended to RUN_DIR/results.journal, and
     written to the database in batches: final outcomes delete their queue
     row in the transaction that logs them.  A runner killed between two
@@ -65,7 +68,8 @@ DIAGNOSTICS
     One ``delivery`` event per attempt (id, to, relay, delay, dsn, status,
     reply; and tls, cipher, tls_policy for attempts a child made);
     lifecycle events start, stop, child_exit, child_timeout,
-    database_unavailable.  Exit status 0 after a clean stop, 75 when
+    database_unavailable; destination_throttled, destination_recovered
+    (spoold/shaping.py).  Exit status 0 after a clean stop, 75 when
     another runner holds the lock, 78 for a bad configuration.
 
 CONFIGURATION PARAMETERS
@@ -74,11 +78,12 @@ CONFIGURATION PARAMETERS
     (600 s), backoff_min (300 s), backoff_max (4000 s), max_lifetime (5 d),
     max_agent_failures (3), child_timeout (3600 s), grace_period (30 s),
     flush_interval (0.2 s), scan_interval (5 s); [mailout] expand_chunk
-    (20000), interval (1 s); [smtp], [dns], [mta_sts] and [dkim] are passed
-    on to the children (paths made absolute; key files are read by the
-    children, never by the runner); [bounces] domain, secret, local_part
-    (VERP envelope senders) and listen_port, [submission] listen_port (the
-    listeners).
+    (20000), interval (1 s); [shaping] destinations ({}), throttle_pause
+    (60 s), recovery_interval (10 s) (spoold/shaping.py); [smtp], [dns],
+    [mta_sts] and [dkim] are passed on to the children (paths made absolute;
+    key files are read by the children, never by the runner); [bounces]
+    domain, secret, local_part (VERP envelope senders) and listen_port,
+    [submission] listen_port (the listeners).
 """
 
 from __future__ import annotations
@@ -108,6 +113,7 @@ from spoold.notify import ServiceNotifier
 from spoold.mailout import Mailouts
 from spoold.poke import PokeSocket
 from spoold.pool import Child, Pool, describe_status
+from spoold.shaping import Shaper
 from spoold.stats import RunnerStats
 from spoold.store import Attempt, QueueRow, Store, store_for
 
@@ -191,6 +197,7 @@ class Runner:
         self.stats = RunnerStats()
         self.notifier = ServiceNotifier()
         self.mailouts = Mailouts()
+        self.shaper = Shaper(config, self.owner, self.log)
 
     # -- life cycle -----------------------------------------------------------
 
@@ -207,6 +214,7 @@ class Runner:
             released = self.store.release_owner(self.owner)
             if released:
                 self.log.info("leases_returned", rows=released, owner=self.owner)
+            self.shaper.start(self.store)
             self.poker = PokeSocket(run_dir)
             self._install_signals()
             self.listeners = Listeners(self.config, self.log, enabled=not self.drain)
@@ -296,6 +304,7 @@ class Runner:
                 if self.mailouts.tick(self.store, self.config, now):
                     self.want_claim, self.next_scan = True, 0.0
                 self._claim(now)
+                self._shape()
         except StoreUnavailable as exc:
             self.db_failures += 1
             delay = min(30.0, 2 ** min(self.db_failures, 5) / 2)
@@ -322,6 +331,7 @@ class Runner:
             deadlines.append(self.next_hung_check)
         if self.listeners.next_start() is not None:
             deadlines.append(self.listeners.next_start())
+        deadlines.append(now + self.shaper.wake_in())
         return max(0.0, min(deadlines) - now)
 
     def _on_event(self, key: selectors.SelectorKey) -> None:
@@ -403,6 +413,7 @@ class Runner:
                 self.log.warning("reload_needs_restart", setting=f"{section}.{key}")
         self.config = new
         self.pool.config = sender_config(new)
+        self.shaper.configure(new, self.log)
         self.listeners.reload(new)
         for child in self.pool.children.values():
             child.retiring = True
@@ -484,20 +495,38 @@ class Runner:
     # -- dispatching ----------------------------------------------------------
 
     def _dispatch(self) -> None:
-        """Hand out jobs round-robin over destinations, within both caps."""
+        """Hand out jobs round-robin over destinations, within both caps and the
+        shaping limits of the destinations that have them (shaping.py)."""
         limit = self.config.runner.destination_concurrency
+        size = self.config.runner.job_size
+        shaper = self.shaper
         progress = True
         while progress and self.backlog:
             if self.pool.busy_count() >= self.config.runner.max_children:
                 return
             progress = False
             for domain in list(self.backlog):
-                if self.active[domain] >= limit:
+                key = shaper.governs(domain) if shaper.enabled else None
+                if key is not None:
+                    if not shaper.may_try(key, domain):
+                        continue
+                    child = shaper.idle_holder(key, self.pool.children) or \
+                        self._free_child(domain)
+                    if child is None:
+                        return
+                    queued = len(self.backlog[domain])
+                    granted = shaper.acquire(key, domain, child.pid, min(size, queued), queued)
+                    if not granted:
+                        self.pool.unassign(child)  # back among the idle ones
+                        continue
+                    self._send_job(child, domain, granted)
+                elif self.active[domain] >= limit:
                     continue
-                child = self._free_child(domain)
-                if child is None:
-                    return
-                self._send_job(child, domain)
+                else:
+                    child = self._free_child(domain)
+                    if child is None:
+                        return
+                    self._send_job(child, domain, size)
                 progress = True
 
     def _route(self, domain: str) -> list[Target] | None:
@@ -512,6 +541,7 @@ class Runner:
 
     def _learn_route(self, domain: str, done: Done) -> None:
         if done.targets:
+            self.shaper.learned(domain, done.targets)
             self.routes[domain] = (time.monotonic() + done.ttl, done.targets)
             self.routes.move_to_end(domain)
             if len(self.routes) > _ROUTES:
@@ -534,13 +564,12 @@ class Runner:
         self._feed(child)
         return child
 
-    def _send_job(self, child: Child, domain: str) -> None:
+    def _send_job(self, child: Child, domain: str, size: int) -> None:
         queue = self.backlog[domain]
         rows = [queue.popleft()]
         if not rows[0].agent_failures:
             # A row a child has failed on travels alone, so that its next failure
             # names it and not the rows that happened to share its job.
-            size = self.config.runner.job_size
             while queue and len(rows) < size and not queue[0].agent_failures:
                 rows.append(queue.popleft())
         self.backlog_rows -= len(rows)
@@ -612,9 +641,11 @@ class Runner:
             if row is None:
                 raise ProtocolError(f"result for id {reply.id}, which it was not given")
             runner = self.config.runner
-            self._record(outcome.from_result(row, reply, time.time(), runner.backoff_min,
-                                             runner.backoff_max, runner.max_agent_failures),
-                         tls=reply.tls, cipher=reply.cipher, tls_policy=reply.tls_policy)
+            attempt = outcome.from_result(row, reply, time.time(), runner.backoff_min,
+                                          runner.backoff_max, runner.max_agent_failures)
+            self._record(attempt, tls=reply.tls, cipher=reply.cipher, tls_policy=reply.tls_policy)
+            if attempt.kind:  # a failure: it may throttle the destination (shaping.py)
+                self.shaper.on_attempt(attempt)
         elif isinstance(reply, Done):
             if not child.busy:
                 raise ProtocolError(f"done line for job {reply.job}, but it had no job")
@@ -625,6 +656,7 @@ class Runner:
     def _job_done(self, child: Child, done: Done) -> None:
         self._fail_pending(child, "delivery agent gave no result")
         self._learn_route(child.domain, done)
+        self.shaper.job_done(child.pid, done.kept is not None)
         child.kept = done.kept
         self.active[child.domain] -= 1
         child.uses += 1
@@ -652,6 +684,7 @@ class Runner:
         if child.closed:
             return
         self._fail_pending(child, why)
+        self.shaper.child_gone(child.pid)
         if child.busy:
             self.active[child.domain] -= 1
             self.pool.unassign(child)
@@ -687,6 +720,16 @@ class Runner:
         self.stats.recorded(attempt.status)
         self.journal.append(attempt)
 
+    def _shape(self) -> None:
+        """The shaper's database work; rows it gave back to the queue leave the backlog."""
+        given_back = self.shaper.tick(self.backlog, self.backlog_rows)
+        if given_back:
+            self.backlog_rows -= len(given_back)
+            for row in given_back:
+                self._unref_body(row.message_id)
+            self.want_claim = True  # the room they leave is for other destinations
+            self.next_scan = self.last_claim + _CLAIM_GAP
+
     def _flush(self) -> None:
         batch, self.results = self.results, []
         started = time.monotonic()
@@ -714,6 +757,7 @@ class Runner:
             self._retire(child)
         self._wait_children()
         self._final_flush()
+        self.shaper.close()
         try:
             self.store.forget_runner(self.owner)
         except StoreUnavailable:

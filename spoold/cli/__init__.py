@@ -17,11 +17,12 @@ import traceback
 from collections.abc import Sequence
 
 from spoold import config as config_mod
-from spoold.cli import bounces, contacts, daemon, dkim, mailouts, queue, templates, users
+from spoold.cli import (bounces, contacts, daemon, dkim, mailouts, queue, shaping, templates,
+                        users)
 from spoold.errors import SpooldError
 from spoold.log import configure as configure_log
 
-GROUPS = (daemon, queue, contacts, templates, mailouts, dkim, bounces, users)
+GROUPS = (daemon, queue, contacts, templates, mailouts, dkim, bounces, shaping, users)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -84,6 +84,9 @@ class Backend:
 
     #: Appended to the claim's SELECT (MariaDB: FOR UPDATE SKIP LOCKED).
     claim_lock = ""
+    #: Appended to a SELECT whose rows the transaction then updates (MariaDB: FOR UPDATE;
+    #: SQLite's write transactions hold the whole database already).
+    row_lock = ""
     #: INSERT variant that skips rows violating a unique key.
     insert_ignore = "INSERT OR IGNORE"
     #: SQL giving a JSON object's member as a scalar: column, then a bound path.
@@ -101,12 +104,15 @@ class Backend:
     # -- backend hooks -------------------------------------------------------
 
     @contextmanager
-    def transaction(self, write: bool = True) -> Iterator[Any]:
+    def transaction(self, write: bool = True, durable: bool = True) -> Iterator[Any]:
         """A cursor inside one transaction, committed on success.
 
         ``write=False`` promises only reads: SQLite then takes no write lock,
         so readers (status, the web UI, the runner's lookups) never wait for
-        writers nor make them wait.
+        writers nor make them wait.  ``durable=False`` is for state that may
+        be lost in a power cut (traffic shaping's tokens and slots): SQLite
+        then commits without waiting for the disk (an fsync: 20 times the
+        cost of the transaction), and the next durable commit syncs it too.
         """
         raise NotImplementedError
 
@@ -115,6 +121,14 @@ class Backend:
 
     def executemany(self, cur: Any, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         raise NotImplementedError
+
+    def _upsert(self, cur: Any, update: str, insert: str, update_params: Sequence[Any],
+                insert_params: Sequence[Any]) -> None:
+        """UPDATE, else INSERT; a racing runner's INSERT makes ours an UPDATE again."""
+        if self.execute(cur, update, update_params).rowcount:
+            return
+        if not self.execute(cur, f"{self.insert_ignore} {insert}", insert_params).rowcount:
+            self.execute(cur, update, update_params)
 
     def last_id(self, cur: Any) -> int:
         return cur.lastrowid

@@ -70,14 +70,6 @@ class BounceOps(QueueOps):
                          [(a.row.recipient.lower(), reason, a.dsn, a.reply, now, a.row.id,
                            a.cause or None) for a, reason in items])
 
-    def _upsert(self, cur: Any, update: str, insert: str, update_params: Sequence[Any],
-                insert_params: Sequence[Any]) -> None:
-        """UPDATE, else INSERT; a racing runner's INSERT makes ours an UPDATE again."""
-        if self.execute(cur, update, update_params).rowcount:
-            return
-        if not self.execute(cur, f"{self.insert_ignore} {insert}", insert_params).rowcount:
-            self.execute(cur, update, update_params)
-
     def _count_soft(self, cur: Any, attempt: Attempt, now: float) -> bool:
         """Count one soft bounce; whether the address has now had too many."""
         address = attempt.row.recipient.lower()

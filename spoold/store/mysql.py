@@ -28,6 +28,7 @@ _GONE = {2002, 2003, 2006, 2013, 2055, 1040, 1053, 1205, 1213}
 class MySQLStore(Store):
     dialect = "mysql"
     claim_lock = " FOR UPDATE SKIP LOCKED"
+    row_lock = " FOR UPDATE"
     insert_ignore = "INSERT IGNORE"
     json_value = "JSON_VALUE({column}, ?)"
     add_on_conflict = " ON DUPLICATE KEY UPDATE n = n + VALUES(n)"
@@ -86,7 +87,7 @@ class MySQLStore(Store):
             self.conn = None
 
     @contextmanager
-    def transaction(self, write: bool = True) -> Iterator[Any]:
+    def transaction(self, write: bool = True, durable: bool = True) -> Iterator[Any]:
         conn = self._connect()
         try:
             conn.begin()

@@ -52,6 +52,14 @@ The web UI's own tables (migration 5):
 
 Migration 6: notify.agent_failures, how many times the delivery agent died,
 hung or failed while it had the row (outcome.py holds a row after a few).
+
+Traffic shaping (migration 7; spoold/shaping.py):
+    destination_shaping  per shaping key (a rule's name, or a throttled
+                 domain): the rate tokens left and when they were counted,
+                 and the throttle state (factor of the limits in force,
+                 paused_until, the reply that throttled it) -- spoold/shaping.py
+    destination_slot  connections each runner holds per shaping key, under a
+                 lease that its runner renews (a dead runner's run out)
 """
 
 # Refills the rollups from the log: run by the migration that added them, and
@@ -323,6 +331,27 @@ MIGRATIONS: list[list[str | dict[str, str]]] = [
     ],
     [
         "ALTER TABLE notify ADD COLUMN agent_failures INTEGER NOT NULL DEFAULT 0",
+    ],
+    [
+        """CREATE TABLE destination_shaping (
+            name VARCHAR(255) NOT NULL PRIMARY KEY,
+            tokens {real} NOT NULL,
+            filled_at {real} NOT NULL,
+            factor {real} NOT NULL,
+            paused_until {real} NOT NULL,
+            throttles INTEGER NOT NULL,
+            throttled_at {real},
+            cause VARCHAR(32),
+            reply {text},
+            relay VARCHAR(300)
+        ){table}""",
+        """CREATE TABLE destination_slot (
+            name VARCHAR(255) NOT NULL,
+            owner VARCHAR(255) NOT NULL,
+            slots INTEGER NOT NULL,
+            lease_until {real} NOT NULL,
+            PRIMARY KEY (name, owner)
+        ){table}""",
     ],
 ]
 

@@ -76,24 +76,30 @@ class SQLiteStore(Store):
             raise _error(path, exc) from None
 
     @contextmanager
-    def transaction(self, write: bool = True) -> Iterator[sqlite3.Cursor]:
+    def transaction(self, write: bool = True, durable: bool = True) -> Iterator[sqlite3.Cursor]:
         cur = self.conn.cursor()
+        if not durable:
+            cur.execute("PRAGMA synchronous=NORMAL")  # WAL: commit without an fsync
         try:
-            if write:
-                self._begin_write(cur)
-            else:
-                cur.execute("BEGIN")
-        except sqlite3.Error as exc:
-            raise _error(self.path, exc) from None
-        try:
-            yield cur
-            cur.execute("COMMIT")
-        except sqlite3.Error as exc:
-            self._rollback()
-            raise _error(self.path, exc) from None
-        except BaseException:
-            self._rollback()
-            raise
+            try:
+                if write:
+                    self._begin_write(cur)
+                else:
+                    cur.execute("BEGIN")
+            except sqlite3.Error as exc:
+                raise _error(self.path, exc) from None
+            try:
+                yield cur
+                cur.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._rollback()
+                raise _error(self.path, exc) from None
+            except BaseException:
+                self._rollback()
+                raise
+        finally:
+            if not durable:
+                cur.execute("PRAGMA synchronous=FULL")
 
     def _begin_write(self, cur: sqlite3.Cursor) -> None:
         """BEGIN IMMEDIATE, polling for the write lock until busy_timeout runs out."""
