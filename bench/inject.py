@@ -17,7 +17,8 @@ from spoold import config as config_mod
 from spoold.enqueue import enqueue
 from spoold.store import store_for
 
-SENDER = "bench@spoold.bench.test"
+DOMAIN = "spoold.bench.test"  # of Message-IDs too: make_msgid() would look the host up each time
+SENDER = f"bench@{DOMAIN}"
 CLIENTS = 4  # injecting processes at once, for spoold and for Postfix alike
 
 
@@ -29,7 +30,8 @@ def body_of(size: int) -> str:
 def message(index: int, recipient: str, body: str) -> bytes:
     return (f"From: <{SENDER}>\r\nTo: <{recipient}>\r\nSubject: Benchmark {index}\r\n"
             f"Date: {email.utils.formatdate()}\r\n"
-            f"Message-ID: <{index}.{email.utils.make_msgid()[1:]}\r\n\r\n{body}").encode()
+            f"Message-ID: <{index}.{email.utils.make_msgid(domain=DOMAIN)[1:]}\r\n\r\n"
+            f"{body}").encode()
 
 
 def main() -> None:

@@ -236,6 +236,7 @@ class _Child:
             from sender import client, mx, tlspolicy
 
             if self._resolver is None:
+                client.use_stage_deadlines()
                 self._resolver = mx.MxResolver(self.config)
                 self._sessions = client.SessionCache(self.config)
                 self._policies = tlspolicy.Policies(self.config, self._resolver)

@@ -35,9 +35,8 @@ import signal
 import smtplib
 import socket
 import ssl
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -396,23 +395,30 @@ def _stage_over(signum: int, frame: Any) -> None:
     raise TimeoutError("stage deadline passed")
 
 
-@contextlib.contextmanager
-def _deadline(seconds: float) -> Iterator[None]:
-    """Raise TimeoutError in whatever the stage is blocked on once ``seconds`` have passed.
+def use_stage_deadlines() -> None:
+    """Let each stage's timeout be a deadline (SIGALRM): for the sender child only.
 
-    Only in the main thread, where Python runs signal handlers (the child's
-    only thread); elsewhere the socket timeout alone applies.
+    The child is single-threaded and has no other use for SIGALRM; a process
+    that merely imports this module (a test, a tool) keeps its own handler,
+    and its stages are bounded by the socket timeout alone.
     """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    if signal.getsignal(signal.SIGALRM) is not _stage_over:
-        signal.signal(signal.SIGALRM, _stage_over)  # the child has no other use for it
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
+    global _deadlines
+    signal.signal(signal.SIGALRM, _stage_over)
+    _deadlines = True
+
+
+def _arm_deadline(seconds: float) -> bool:
+    """Raise TimeoutError in whatever the stage blocks on once ``seconds`` have passed.
+
+    Returns whether a timer was set, for the caller to clear it
+    (``signal.setitimer`` with 0) when the stage is over.
+    """
+    if _deadlines:
+        signal.setitimer(signal.ITIMER_REAL, seconds)
+    return _deadlines
+
+
+_deadlines = False  # see use_stage_deadlines
 
 
 def _timed_out(exc: OSError) -> bool:
@@ -552,12 +558,15 @@ class Session(smtplib.SMTP):
         """
         if self.sock is not None:
             self.sock.settimeout(timeout)
+        armed = _arm_deadline(timeout)
         try:
-            with _deadline(timeout):
-                return call(*args)
+            return call(*args)
         except OSError as exc:  # smtplib.SMTPException is an OSError
             self.close()
             raise HostFailure(self._broken(stage, exc)) from exc
+        finally:
+            if armed:
+                signal.setitimer(signal.ITIMER_REAL, 0)
 
     def _broken(self, stage: str, exc: OSError) -> Reply:
         peer = f"{self.target.host}[{self.target.address}]"
@@ -607,9 +616,11 @@ class Session(smtplib.SMTP):
         order; DATA is refused by the server itself when nothing was accepted.
         """
         config = self.config
-        commands = ["MAIL FROM:" + smtplib.quoteaddr(out.message.sender)
+        # <address> as smtplib.quoteaddr writes it, without its parse: the
+        # addresses were checked when they were queued (spoold.address).
+        commands = ["MAIL FROM:<" + out.message.sender + ">"
                     + "".join(" " + option for option in self.mail_options(out))]
-        commands += ["RCPT TO:" + smtplib.quoteaddr(r.to) for r in out.pending]
+        commands += ["RCPT TO:<" + r.to + ">" for r in out.pending]
         commands.append("DATA")
         wire = "".join(f"{command}\r\n" for command in commands)
         if any(c in command for command in commands for c in "\r\n\0"):

@@ -332,7 +332,7 @@ def decode_job(line: bytes) -> Job:
 
 
 def encode_result(result: Result) -> bytes:
-    return _line(asdict(result))
+    return _line(vars(result))  # its fields are plain values: no deep copy needed
 
 
 def encode_done(done: Done) -> bytes:

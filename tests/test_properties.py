@@ -214,7 +214,9 @@ JOBISH = st.fixed_dictionaries({}, optional={
 LINE = st.one_of(st.binary(max_size=100), JSON.map(lambda v: json.dumps(v).encode()),
                  RESULTISH.map(lambda v: json.dumps(v).encode()),
                  JOBISH.map(lambda v: json.dumps(v).encode()),
-                 st.integers(1, 50_000).map(lambda n: b"[" * n))
+                 # deep enough to break a recursive parser; three of them still
+                 # fit the pipe the test writes before the runner reads it
+                 st.integers(1, 20_000).map(lambda n: b"[" * n))
 
 
 @FAST

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from spoold.errors import NotFound
+from spoold.errors import NotFound, StoreUnavailable
 from spoold.store import Attempt, open_store
 from spoold.store.schema import LATEST
 
@@ -143,3 +143,22 @@ def test_enqueue_skips_suppressed_recipients_in_the_same_transaction(store):
     assert skipped == {"user0@gone.test"} and len(ids) == 1
     ids, skipped = store.enqueue("a@example.org", BODY, rcpts[:1], 1, time.time() + 60)
     assert ids == [] and store.state_counts()["queued"] == 1
+
+
+def test_sqlite_writer_waits_for_another_then_says_so_and_readers_never_wait(tmp_path):
+    url = f"sqlite://{tmp_path / 'spool.db'}"
+    first, second = open_store(url, busy_timeout=0.3), open_store(url, busy_timeout=0.3)
+    first.upgrade()
+    try:
+        with first.transaction():
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailable, match="database is locked"):
+                with second.transaction():
+                    pass
+            assert time.monotonic() - started > 0.25  # it waited about busy_timeout
+            assert second.state_counts()["queued"] == 0  # a reader gets in at once
+        with second.transaction():  # the lock went with the first writer's commit
+            pass
+    finally:
+        first.close()
+        second.close()

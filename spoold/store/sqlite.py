@@ -8,15 +8,23 @@ UPDATE see no other writer in between; read-only transactions (the web UI's
 pages, ``spoold queue``, the runner's lookups) open with a plain BEGIN
 and never hold up a writer.
 
-A writer that finds the lock taken polls for it every few hundred
-microseconds (``_begin_write``) instead of through SQLite's own busy
-handler, which sleeps 1, 2, 5, 10, 15 ... ms between tries: with the runner
-and an application writing at once, those sleeps cost more than the writes.
+Writers first take an flock(2) on DATABASE-lock, a file beside the
+database, then BEGIN IMMEDIATE (``_begin_write``).  Waiting writers poll
+that lock every 1-2 ms, a system call each, instead of SQLite's own busy
+handler (which sleeps 1, 2, 5, 10, 15 ... ms between tries) or repeated
+BEGIN IMMEDIATE attempts (each costs far more than the wait, and every
+writer that gets in between makes the others reread their cached pages):
+measured with four processes enqueueing at once, 0.77 ms of CPU a message
+became 0.53 ms and 1,500 messages/s became 1,900.  A writer from outside spoold (the
+sqlite3 shell) does not take that lock, so BEGIN IMMEDIATE still polls for
+SQLite's own; both waits end with StoreUnavailable after busy_timeout.
 """
 
 from __future__ import annotations
 
+import fcntl
 import math
+import os
 import sqlite3
 import time
 from contextlib import contextmanager
@@ -27,7 +35,11 @@ from collections.abc import Iterator, Sequence
 from spoold.errors import StoreError, StoreUnavailable
 from spoold.store.api import Store
 
-_FIRST_PAUSE, _LONGEST_PAUSE = 0.0002, 0.001  # seconds between tries for the write lock
+_FIRST_PAUSE, _LONGEST_PAUSE = 0.0002, 0.001  # seconds between tries for SQLite's write lock
+# ... and for the writers' lock: about one transaction's length (an enqueue's
+# commit and fsync take 0.3-0.5 ms here), so that waiting writers neither burn
+# CPU asking nor, each asking in turn, make every writer reread its pages.
+_WRITER_PAUSE, _WRITER_LONGEST_PAUSE = 0.001, 0.002
 
 # Failures that clear by themselves (lock contention, a full or read-only disk).
 _TRANSIENT = ("locked", "busy", "disk i/o", "readonly", "read-only", "full", "unable to open")
@@ -62,6 +74,7 @@ class SQLiteStore(Store):
         self.path = path
         self.url = f"sqlite://{path}"
         self.busy_timeout = busy_timeout
+        self._writer_fd = -1  # DATABASE-lock, opened at the first write
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self.conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None,
@@ -98,12 +111,15 @@ class SQLiteStore(Store):
                 self._rollback()
                 raise
         finally:
+            if write:
+                self._release_writer_lock()
             if not durable:
                 cur.execute("PRAGMA synchronous=FULL")
 
     def _begin_write(self, cur: sqlite3.Cursor) -> None:
-        """BEGIN IMMEDIATE, polling for the write lock until busy_timeout runs out."""
+        """The writers' lock, then BEGIN IMMEDIATE, both within busy_timeout."""
         deadline = time.monotonic() + self.busy_timeout
+        self._take_writer_lock(deadline)
         pause = _FIRST_PAUSE
         cur.execute("PRAGMA busy_timeout = 0")
         try:
@@ -118,6 +134,31 @@ class SQLiteStore(Store):
                 pause = min(2 * pause, _LONGEST_PAUSE)
         finally:
             cur.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+
+    def _take_writer_lock(self, deadline: float) -> None:
+        try:
+            if self._writer_fd < 0:
+                self._writer_fd = os.open(f"{self.path}-lock",
+                                          os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o660)
+            pause = _WRITER_PAUSE
+            while True:
+                try:
+                    fcntl.flock(self._writer_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    return
+                except BlockingIOError:
+                    if time.monotonic() + pause > deadline:
+                        raise StoreUnavailable(
+                            f"{self.path}: database is locked: another writer held it for "
+                            f"{self.busy_timeout:g} s") from None
+                time.sleep(pause)
+                pause = min(2 * pause, _WRITER_LONGEST_PAUSE)
+        except OSError as exc:
+            raise _error(self.path, sqlite3.OperationalError(
+                f"cannot open {self.path}-lock: {exc.strerror}")) from None
+
+    def _release_writer_lock(self) -> None:
+        if self._writer_fd >= 0:
+            fcntl.flock(self._writer_fd, fcntl.LOCK_UN)
 
     def _rollback(self) -> None:
         if self.conn.in_transaction:
@@ -139,3 +180,6 @@ class SQLiteStore(Store):
 
     def close(self) -> None:
         self.conn.close()
+        if self._writer_fd >= 0:
+            os.close(self._writer_fd)
+            self._writer_fd = -1
