@@ -52,6 +52,14 @@ The web UI's own tables (migration 5):
 
 Migration 6: notify.agent_failures, how many times the delivery agent died,
 hung or failed while it had the row (outcome.py holds a row after a few).
+
+Migration 7 (the web UI's mailout pages):
+    delivery_by_mailout  attempts per mailout and status, kept like the other
+                         rollups (and by the removal of a cancelled mailout's
+                         rows): a mailout's counters and progress never count
+                         its log rows
+    notify_mailout_id    index on notify (mailout_id, id): the queue filtered
+                         by mailout, a page at a time
 """
 
 # Refills the rollups from the log: run by the migration that added them, and
@@ -67,6 +75,12 @@ ROLLUP_FILL = [
     "INSERT INTO delivery_total (status, n) SELECT status, COUNT(*) FROM delivery "
     "GROUP BY status",
 ]
+
+# Refills delivery_by_mailout from the log: migration 7 and ``rebuild_rollups``.
+MAILOUT_ROLLUP = "delivery_by_mailout"
+MAILOUT_ROLLUP_FILL = (
+    "INSERT INTO delivery_by_mailout (mailout_id, status, n) SELECT mailout_id, status, "
+    "COUNT(*) FROM delivery WHERE mailout_id IS NOT NULL GROUP BY mailout_id, status")
 
 MIGRATIONS: list[list[str | dict[str, str]]] = [
     [
@@ -323,6 +337,16 @@ MIGRATIONS: list[list[str | dict[str, str]]] = [
     ],
     [
         "ALTER TABLE notify ADD COLUMN agent_failures INTEGER NOT NULL DEFAULT 0",
+    ],
+    [
+        """CREATE TABLE delivery_by_mailout (
+            mailout_id BIGINT NOT NULL,
+            status VARCHAR(10) NOT NULL,
+            n BIGINT NOT NULL,
+            PRIMARY KEY (mailout_id, status)
+        ){table}""",
+        MAILOUT_ROLLUP_FILL,
+        "CREATE INDEX notify_mailout_id ON notify (mailout_id, id)",
     ],
 ]
 
