@@ -278,6 +278,12 @@ class ContactOps(Backend):
                                      "ORDER BY l.name").fetchall()
         return [dict(zip(("id", "name", "created_at", "members"), r)) for r in rows]
 
+    def list_names(self) -> list[str]:
+        """Every list's name (without counting members, unlike ``lists``)."""
+        with self.transaction(write=False) as cur:
+            return [r[0] for r in self.execute(cur, "SELECT name FROM contact_list "
+                                                    "ORDER BY name").fetchall()]
+
     def add_to_list(self, name: str, emails: Sequence[str]) -> int:
         ids = list(self.contact_ids(emails).values())
         with self.transaction() as cur:
