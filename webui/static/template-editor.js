@@ -38,8 +38,9 @@
       headers.append(dt, dd);
     });
     text.textContent = data.text || "";
-    htmlPart.hidden = data.html == null;
-    frame.srcdoc = data.html || "";
+    // Collapsed, not display:none: Chromium leaves a frame shown after display:none unpainted.
+    htmlPart.classList.toggle("collapsed", data.html == null);
+    if (frame.srcdoc !== (data.html || "")) frame.srcdoc = data.html || "";  // no reload flicker
   }
 
   async function refresh() {
