@@ -1,9 +1,11 @@
 """The web UI on a large queue: ``python3 -m bench.webui [--rows N] [--write]``.
 
-Fills a throw-away SQLite database with N queue rows and N delivery rows
-(default one million each; direct SQL for speed, then the log's rollups
-recounted with the same statements the schema migration uses, which is
-timed too), and measures the server time of each page: the time the Flask
+Fills a throw-away SQLite database with N queue rows, N delivery rows and N
+contacts (default one million each; direct SQL for speed, then the log's
+rollups recounted with the same statements the schema migrations use, which
+is timed too): half the contacts in a list, 30 mailouts of which one is
+still sending with 30% of the queue rows, half the log rows from mailouts.
+It measures the server time of each page: the time the Flask
 application spends on the request (its Server-Timing header), median and
 worst of several requests after one warm-up, through Flask's test client as
 a logged-in admin.  Every figure has a baseline from the same run: the same
@@ -43,6 +45,7 @@ DOCS = Path(__file__).resolve().parent.parent / "docs" / "BENCHMARKS.md"
 HEADING = "## Web UI pages on a large queue"
 TARGET_MS = 300.0
 DOMAINS = 2000
+MAILOUTS = 30
 PASSWORD = "bench-password"
 DAY = 86400
 
@@ -104,8 +107,57 @@ def fill(path: Path, rows: int, seed: int = 5) -> None:
     db.executemany("INSERT INTO delivery (notify_id, message_id, sender, recipient, domain, "
                    "status, code, dsn, reply, relay, delay, attempt, at) VALUES "
                    "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", log)
+    _fill_mailouts(db, rng, rows, now)
     db.execute("COMMIT")
     db.execute("ANALYZE")
+    db.close()
+
+
+def _fill_mailouts(db: sqlite3.Connection, rng: random.Random, rows: int, now: float) -> None:
+    """``rows`` contacts (every other one in list news, the first 1,000 in vip),
+    template news, MAILOUTS
+    mailouts (the first still sending, the rest done); 30% of the queue rows are
+    the first mailout's, half the log rows some mailout's."""
+    db.executemany("INSERT INTO contact (email, email_key, domain, name, attributes, "
+                   "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                   ((f"reader{i}@{d}", f"reader{i}@{d}", d, f"Reader {i}",
+                     f'{{"city": "City{i % 500}", "plan": "{("free", "pro")[i % 2]}"}}',
+                     now - DAY, now - DAY)
+                    for i, d in ((i, f"d{i % DOMAINS}.example") for i in range(rows))))
+    db.executemany("INSERT INTO contact_attribute (name) VALUES (?)", [("city",), ("plan",)])
+    db.executemany("INSERT INTO contact_list (name, created_at) VALUES (?, ?)",
+                   [("news", now), ("vip", now)])
+    db.executemany("INSERT INTO list_member (list_id, contact_id) VALUES (?, ?)",
+                   ((1, i) for i in range(1, rows + 1, 2)))
+    db.executemany("INSERT INTO list_member (list_id, contact_id) VALUES (2, ?)",
+                   ((i,) for i in range(1, min(rows, 1000) + 1)))
+    db.execute("INSERT INTO template (name, subject, text_body, html_body, created_at, "
+               "updated_at) VALUES ('news', 'News for {{ name }}', 'Hello {{ name }} of "
+               "{{ attributes.city }}', '<p>Hello {{ name }}</p>', ?, ?)", (now, now))
+    mine = rows * 3 // 10
+    db.executemany("INSERT INTO mailout (template_id, sender, selection, list_id, status, "
+                   "send_at, expires_at, priority, expand_cursor, expand_until, expanded, "
+                   "created_at, started_at, finished_at) VALUES (1, 'news@bench.example', "
+                   "'list', 1, ?, ?, ?, 2, ?, ?, ?, ?, ?, ?)",
+                   [("sending" if m == 0 else "done", now - m * DAY, now + 4 * DAY, rows, rows,
+                     mine if m == 0 else rows // 2, now - m * DAY, now - m * DAY,
+                     None if m == 0 else now - m * DAY + 3600) for m in range(MAILOUTS)])
+    db.execute("UPDATE notify SET mailout_id = 1, contact_id = id, message_id = 0 "
+               "WHERE id % 10 < 3")
+    db.execute(f"UPDATE delivery SET mailout_id = 1 + id % {MAILOUTS} WHERE id % 2 = 0")
+
+
+def _seed_empty(config: config_mod.Config, contact_id: int) -> None:
+    """The objects the pages name (list, template, mailouts, one contact), in the
+    otherwise empty database of the baseline."""
+    store_for(config).close()
+    db = sqlite3.connect(config.database.url[len("sqlite://"):], isolation_level=None)
+    db.execute("BEGIN")
+    _fill_mailouts(db, random.Random(5), 0, time.time())
+    db.execute("INSERT INTO contact (id, email, email_key, domain, name, attributes, "
+               "created_at, updated_at) VALUES (?, 'one@d0.example', 'one@d0.example', "
+               "'d0.example', 'One', '{}', 0, 0)", (contact_id,))
+    db.execute("COMMIT")
     db.close()
 
 
@@ -152,7 +204,7 @@ def _sql_ms(db: sqlite3.Connection, sql: str, params: tuple = (), runs: int = 3)
 
 
 def _pages(deep_queue: int, deep_log: int, big_domain: str, queued_to: str,
-           logged_to: str) -> list[tuple[str, str]]:
+           logged_to: str, deep_contact: int) -> list[tuple[str, str]]:
     return [
         ("dashboard", "/"),
         ("dashboard counters (polled JSON)", "/dashboard.json"),
@@ -168,10 +220,25 @@ def _pages(deep_queue: int, deep_log: int, big_domain: str, queued_to: str,
         ("chart per hour (SVG)", "/stats/hourly.svg"),
         ("chart per day (SVG)", "/stats/daily.svg"),
         ("/metrics", "/metrics"),
+        ("contacts, first page", "/contacts"),
+        ("contacts, deep page (keyset)", f"/contacts?after={deep_contact}"),
+        ("contacts of a list, deep page", f"/contacts?list=news&after={deep_contact}"),
+        ("contacts, search (a name near the end)", f"/contacts?q=reader+{deep_contact - 2}"),
+        ("contacts, search with no match", "/contacts?q=nobody-at-all"),
+        ("contact", f"/contacts/{deep_contact}"),
+        ("lists (members counted)", "/lists"),
+        ("templates", "/templates"),
+        ("template editor with its preview", "/templates/edit?name=news"),
+        ("send page", "/send"),
+        ("mailouts", "/mailouts"),
+        ("mailout sending to 30% of the queue", "/mailouts/1"),
+        ("API mailout counters", "/api/v1/mailouts/1"),
+        ("queue, one mailout, deep page", f"/queue?mailout=1&after={deep_queue}"),
+        ("campaigns", "/campaigns"),
     ]
 
 
-def _baselines(path: Path, deep: int) -> list[tuple[str, float, float]]:
+def _baselines(path: Path, deep: int, deep_contact: int) -> list[tuple[str, float, float]]:
     """(what, the page's way, the naive way) in ms, straight SQL on the filled database."""
     db = sqlite3.connect(path)
     now = time.time()
@@ -203,9 +270,24 @@ def _baselines(path: Path, deep: int) -> list[tuple[str, float, float]]:
          _sql_ms(db, "SELECT state, COUNT(*) FROM notify GROUP BY state")
          + _sql_ms(db, "SELECT COUNT(*) FROM notify INDEXED BY notify_state WHERE state = "
                        "'queued' AND attempts > 0 AND not_before > ?", (now,))),
+        (f"contacts page at contact {deep_contact:,}: keyset vs OFFSET",
+         _sql_ms(db, "SELECT id, email FROM contact WHERE id > ? ORDER BY id LIMIT 51",
+                 (deep_contact,)),
+         _sql_ms(db, "SELECT id, email FROM contact ORDER BY id LIMIT 51 OFFSET ?",
+                 (deep_contact,))),
+        ("a page of mailouts' outcomes: rollup vs the log",
+         _sql_ms(db, "SELECT mailout_id, status, n FROM delivery_by_mailout WHERE "
+                     f"mailout_id IN ({_marks(MAILOUTS)})", tuple(range(1, MAILOUTS + 1))),
+         _sql_ms(db, "SELECT mailout_id, status, COUNT(*) FROM delivery WHERE mailout_id IN "
+                     f"({_marks(MAILOUTS)}) GROUP BY mailout_id, status",
+                 tuple(range(1, MAILOUTS + 1)))),
     ]
     db.close()
     return out
+
+
+def _marks(count: int) -> str:
+    return ",".join("?" * count)
 
 
 def _call_ms(fn: Callable[[], object], runs: int = 3) -> float:
@@ -234,16 +316,18 @@ def run(rows: int, runs: int) -> str:
         empty, full = _config(empty_dir), _config(full_dir)
         store = store_for(full)
         store.close()
-        fill_s = _timed(f"filling {rows:,} queue and {rows:,} delivery rows",
+        fill_s = _timed(f"filling {rows:,} queue, delivery and contact rows",
                         lambda: fill(full_dir / "spool.db", rows))
         store = store_for(full)
         rollup_s = _timed("recounting the rollups (the migration's fill)", store.rebuild_rollups)
         deep_queue = store.queue_rows(limit=1, after=int(rows * 0.9))[0]
         deep_log = store.deliveries(limit=1, before=int(rows * 0.1))[0]
+        deep_contact = store.contacts(limit=1, after=int(rows * 0.9))[0]["id"]
         store.close()
+        _seed_empty(empty, deep_contact)
         results = []
         pages = _pages(deep_queue["id"], deep_log["id"], "d0.example",
-                       deep_queue["recipient"], deep_log["recipient"])
+                       deep_queue["recipient"], deep_log["recipient"], deep_contact)
         clients = {"empty": _client(empty), "full": _client(full)}
         for name, path in pages:
             base = _server_ms(*clients["empty"][:1], path, clients["empty"][1], runs)
@@ -251,7 +335,7 @@ def run(rows: int, runs: int) -> str:
             results.append((name, path, statistics.median(base), statistics.median(big),
                             max(big)))
             print(f"  {name}: {statistics.median(big):.1f} ms", file=sys.stderr)
-        baselines = _baselines(full_dir / "spool.db", deep_queue["id"])
+        baselines = _baselines(full_dir / "spool.db", deep_queue["id"], deep_contact)
     return _report(rows, runs, fill_s, rollup_s, results, baselines)
 
 
@@ -261,8 +345,10 @@ def _report(rows: int, runs: int, fill_s: float, rollup_s: float,
     worst = max(r[4] for r in results)
     lines = [
         HEADING, "",
-        f"`python3 -m bench.webui --rows {rows}`: {rows:,} queue rows and {rows:,} delivery "
-        f"rows (2,000 Zipf-distributed domains; the log spread over 30 days) in SQLite, "
+        f"`python3 -m bench.webui --rows {rows}`: {rows:,} queue rows, {rows:,} delivery "
+        f"rows and {rows:,} contacts (2,000 Zipf-distributed domains; the log spread over "
+        f"30 days; half the contacts in list news; {MAILOUTS} mailouts, one of them still "
+        "sending to 30% of the queue, and half the log from mailouts) in SQLite, "
         "filled with direct SQL. Server time is what the Flask application spends on a "
         "request (its `Server-Timing` header), through the test client as a logged-in admin; "
         f"median and worst of {runs} requests after a warm-up. The baseline is the same page "
@@ -270,7 +356,7 @@ def _report(rows: int, runs: int, fill_s: float, rollup_s: float,
         f"Machine: {os.cpu_count()} cores, Python {platform.python_version()}, SQLite "
         f"{sqlite3.sqlite_version}, {platform.machine()}; {datetime.date.today()}. "
         f"Fill {fill_s:.0f} s; recounting the rollups from {rows:,} log rows (what schema "
-        f"migration 2 does on an existing log) {rollup_s:.1f} s.", "",
+        f"migrations 5 and 7 do on an existing log) {rollup_s:.1f} s.", "",
         f"| page | path | empty db, ms | {rows:,} rows, median ms | worst ms |",
         "|---|---|---|---|---|",
     ]
@@ -287,8 +373,13 @@ def _report(rows: int, runs: int, fill_s: float, rollup_s: float,
               "attempt keeps exact, never from the log itself; the queue counters take the "
               "queued rows as the total (a COUNT(*) SQLite answers from its b-tree) less the "
               "small states, and count deferred rows on index `notify_due`, which covers that "
-              "query. What is left is rendering: pygal draws a chart in about 25 ms, and the "
-              "daily chart groups 30 days of per-minute rollup rows."]
+              "query; a mailout's outcomes come from the rollup `delivery_by_mailout` and its "
+              "queue rows by state from index `notify_mailout_state`, which covers that "
+              "count. What is left is rendering: pygal draws a chart in about 25 ms, and the "
+              "daily chart groups 30 days of per-minute rollup rows. The one page that reads "
+              "a whole table is a contacts search for a rare text: a substring of an address "
+              "or a name has no index to use, so it reads every contact (the page stops at "
+              "the first 50 matches, so a common text costs little)."]
     return "\n".join(lines) + "\n"
 
 

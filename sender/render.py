@@ -46,7 +46,7 @@ PLACEHOLDERS = ("email", "name", "attributes", "unsubscribe_url")
 RENDER_FAILED = "5.6.0"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
 _DICT_METHODS = set(dir(dict))
-_RENDER_ERRORS = (jinja2.TemplateError, ArithmeticError, LookupError, TypeError, ValueError)
+RENDER_ERRORS = (jinja2.TemplateError, ArithmeticError, LookupError, TypeError, ValueError)
 
 
 @functools.cache
@@ -160,7 +160,7 @@ def render_job(job: Job) -> tuple[Job, list[tuple[int, str]]]:
         for recipient in message.recipients:
             try:
                 data = render_message(mailing, message.personal, recipient.to)
-            except _RENDER_ERRORS as exc:
+            except RENDER_ERRORS as exc:
                 failed.append((recipient.id, f"template error: {type(exc).__name__}: {exc}"))
                 continue
             messages.append(dataclasses.replace(message, data=data, recipients=[recipient],

@@ -406,9 +406,13 @@ SETTINGS: tuple[Setting, ...] = (
             "key is made at first use and kept in the database (table secret), which\n"
             "every process using that database then shares.  Changing it breaks the\n"
             "links of mail already sent.", secret=True),
-    Setting("mailout", "unsubscribe_url", "str", "http://localhost:8080/unsubscribe/{token}",
-            "The unsubscribe link of each mailout message, served by the web UI\n"
-            "({token} is replaced by the recipient's token).", check=_unsubscribe_url),
+    Setting("mailout", "unsubscribe_url", "str", "http://127.0.0.1:8025/unsubscribe/{token}",
+            "The unsubscribe link of each mailout message ({token} is replaced by the\n"
+            "recipient's token), served by the web UI (spoold-webui) at /unsubscribe/.\n"
+            "The default is the UI's own default address ([webui] bind and port), which\n"
+            "only this host reaches: set the URL recipients reach it by, through the\n"
+            "TLS proxy in front of it (https://mail.example.org/unsubscribe/{token}).",
+            check=_unsubscribe_url),
     Setting("mailout", "unsubscribe_mailto", "str", "",
             "Address for mailto: unsubscribe requests in List-Unsubscribe (subject\n"
             "\"unsubscribe TOKEN\"); empty: the https link only."),

@@ -14,7 +14,9 @@ good rows still go in, in chunks of ``CHUNK`` per transaction
 (Store.upsert_contacts: a re-import updates, never duplicates).  With
 ``strict`` the whole file is checked first and refused, every bad line
 listed, before anything is written.  On a terminal, files over 1 MB show a
-tqdm progress bar on stderr.
+tqdm progress bar on stderr.  The web UI's upload comes here too, as an
+open file; ``parse_attributes`` reads the NAME=VALUE attributes that
+``spoold contacts add`` and the UI's contact form take.
 """
 
 from __future__ import annotations
@@ -23,14 +25,16 @@ import csv
 import io
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from tqdm import tqdm
 
 from spoold.address import parse_address
-from spoold.errors import AddressError, ContactsFileError
+from spoold.errors import AddressError, ContactsFileError, SpooldError
 from spoold.store import Store
 from spoold.store.contacts import ContactIn
 
@@ -50,7 +54,7 @@ class ImportReport:
 class _Columns:
     """The header row: which column is the address, the name, each attribute."""
 
-    def __init__(self, header: list[str], path: Path):
+    def __init__(self, header: list[str], path: str):
         names = [h.strip() for h in header]
         lowered = [n.lower() for n in names]
         if "email" not in lowered:
@@ -84,26 +88,40 @@ class _Columns:
                          attributes={n: row[i] for i, n in self.attributes if row[i] != ""})
 
 
-def _rows(path: Path, show: bool) -> Iterator[tuple[int, ContactIn | str]]:
-    """(line number, contact or reason) for every data row of the file."""
-    try:
-        raw = open(path, "rb")
-        size = path.stat().st_size
-    except OSError as exc:
-        raise ContactsFileError(f"{path}: {exc.strerror}") from None
-    bar = tqdm(total=size, unit="B", unit_scale=True, desc=path.name, file=sys.stderr,
+def parse_attributes(pairs: Iterable[str]) -> dict[str, str]:
+    """Attributes from "NAME=VALUE" entries (``contacts add --attr``, the web UI's form);
+    names as in a file's header, blank entries skipped."""
+    attributes = {}
+    for pair in pairs:
+        if not pair.strip():
+            continue
+        key, sep, value = pair.partition("=")
+        key = key.strip()
+        if not sep or not _ATTRIBUTE.match(key):
+            raise SpooldError(f"attribute {pair.strip()[:60]!r}: use NAME=VALUE, the name of "
+                              "letters, digits and _")
+        attributes[key] = value.strip()
+    return attributes
+
+
+def _rows(raw: BinaryIO, name: str, show: bool) -> Iterator[tuple[int, ContactIn | str]]:
+    """(line number, contact or reason) for every data row of the file, read from the
+    start; ``raw`` stays open."""
+    raw.seek(0, io.SEEK_END)
+    size = raw.tell()
+    raw.seek(0)
+    bar = tqdm(total=size, unit="B", unit_scale=True, desc=Path(name).name, file=sys.stderr,
                disable=not (show and size >= _BAR_FROM and sys.stderr.isatty()))
+    text = io.TextIOWrapper(raw, encoding="utf-8-sig", errors="surrogateescape", newline="")
     try:
-        text = io.TextIOWrapper(raw, encoding="utf-8-sig", errors="surrogateescape",
-                                newline="")
         reader = csv.reader(text)
         try:
             header = next(reader)
         except StopIteration:
-            raise ContactsFileError(f"{path}: the file is empty") from None
+            raise ContactsFileError(f"{name}: the file is empty") from None
         except csv.Error as exc:
-            raise ContactsFileError(f"{path}: line 1: {exc}") from None
-        columns = _Columns(header, path)
+            raise ContactsFileError(f"{name}: line 1: {exc}") from None
+        columns = _Columns(header, name)
         while True:
             try:
                 row = next(reader)
@@ -123,29 +141,48 @@ def _rows(path: Path, show: bool) -> Iterator[tuple[int, ContactIn | str]]:
         bar.update(size - bar.n)
     finally:
         bar.close()
-        raw.close()
+        text.detach()  # the caller's file: closing the wrapper would close it
 
 
-def import_contacts(store: Store, path: str | Path, list_name: str | None = None,
-                    strict: bool = False, show_progress: bool = True) -> ImportReport:
-    """Import a CSV file of contacts; see the module's description."""
-    path = Path(path)
+@contextmanager
+def _opened(source: str | Path | BinaryIO) -> Iterator[BinaryIO]:
+    if not isinstance(source, (str, Path)):
+        yield source
+        return
+    try:
+        raw = open(source, "rb")
+    except OSError as exc:
+        raise ContactsFileError(f"{source}: {exc.strerror}") from None
+    with raw:
+        yield raw
+
+
+def import_contacts(store: Store, source: str | Path | BinaryIO, list_name: str | None = None,
+                    strict: bool = False, show_progress: bool = True,
+                    name: str | None = None) -> ImportReport:
+    """Import a CSV file of contacts; see the module's description.
+
+    ``source`` is a path or a seekable binary file (an upload); errors name it
+    as ``name`` (default: the path).
+    """
+    name = name or str(source)
     report = ImportReport()
-    if strict:
-        bad = [f"line {line}: {item}" for line, item in _rows(path, show_progress)
-               if isinstance(item, str)]
-        if bad:
-            raise ContactsFileError(f"{path}: {len(bad)} bad line{'s' * (len(bad) != 1)}, "
-                                    "nothing imported:\n  " + "\n  ".join(bad))
-    batch: list[ContactIn] = []
-    for line, item in _rows(path, show_progress):
-        if isinstance(item, str):
-            report.bad.append(f"line {line}: {item}")
-            continue
-        batch.append(item)
-        if len(batch) >= CHUNK:
-            _write(store, batch, list_name, report)
-    _write(store, batch, list_name, report)
+    with _opened(source) as raw:
+        if strict:
+            bad = [f"line {line}: {item}" for line, item in _rows(raw, name, show_progress)
+                   if isinstance(item, str)]
+            if bad:
+                raise ContactsFileError(f"{name}: {len(bad)} bad line{'s' * (len(bad) != 1)}, "
+                                        "nothing imported:\n  " + "\n  ".join(bad))
+        batch: list[ContactIn] = []
+        for line, item in _rows(raw, name, show_progress):
+            if isinstance(item, str):
+                report.bad.append(f"line {line}: {item}")
+                continue
+            batch.append(item)
+            if len(batch) >= CHUNK:
+                _write(store, batch, list_name, report)
+        _write(store, batch, list_name, report)
     return report
 
 

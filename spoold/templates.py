@@ -6,13 +6,16 @@ problem with its part and line), then stores it.  ``preview`` renders a
 template for one contact with sender.render.render_message, the very code
 the sender child runs, with the settings a mailout would use: what it
 returns is what that contact would receive, headers included (only Date,
-Message-ID and the token's mailout id, 0 here, differ).  The CLI (spoold
+Message-ID and the token's mailout id, 0 here, differ); ``render_preview``
+does the same for a draft (the web UI's live preview).  The CLI (spoold
 templates ...) and the web UI both call these.
 """
 
 from __future__ import annotations
 
-from sender.render import check_template, render_message
+from typing import Any
+
+from sender.render import RENDER_ERRORS, check_template, render_message
 from spoold.config import Config
 from spoold.errors import TemplateError
 from spoold.mailout import mailing, personal
@@ -33,9 +36,26 @@ def save_template(store: Store, name: str, subject: str, text: str, html: str | 
 
 def preview(config: Config, store: Store, name: str, email: str) -> bytes:
     """The message the contact ``email`` would receive from template ``name``."""
-    template = store.template(name)
+    return render_preview(config, store, store.template(name), email)
+
+
+def render_preview(config: Config, store: Store, template: dict[str, Any], email: str) -> bytes:
+    """The message the contact ``email`` would receive from ``template`` (its subject,
+    text and html, saved or not: the web UI's editor previews a draft).
+
+    TemplateError when the template is refused (as ``save_template`` would) or
+    cannot be rendered for this contact (an attribute it lacks, say); NotFound
+    for an unknown contact.
+    """
+    problems = check_template(template["subject"], template["text"], template["html"],
+                              store.attribute_names())
+    if problems:
+        raise TemplateError("\n".join(problems))
     contact = store.contact(email)
     shared = mailing(config, {"sender": config.mailout_sender, **template})
     fields = personal(secret_for(config, store), 0, contact["id"], contact["email"],
                       contact["name"], contact["attributes"])
-    return render_message(shared, fields, contact["email"])
+    try:
+        return render_message(shared, fields, contact["email"])
+    except RENDER_ERRORS as exc:
+        raise TemplateError(f"cannot render it for {contact['email']}: {exc}") from None

@@ -225,3 +225,28 @@ def spool_factory(tmp_path: Path, world) -> Iterator:
 @pytest.fixture
 def spool(spool_factory) -> Spool:
     return spool_factory()
+
+
+@pytest.fixture
+def make_ui(tmp_path: Path) -> Iterator:
+    """Make web UI applications (tests/webui_support.py) over one SQLite database (or
+    ``db_url``), with the [webui] settings given; closed after the test."""
+    from webui_support import UI
+
+    made: list[UI] = []
+
+    def make(db_url: str | None = None, **webui) -> UI:
+        path = write_config(tmp_path / f"ui{len(made)}.toml",
+                            db_url or f"sqlite://{tmp_path / 'spool.db'}", tmp_path / "run",
+                            webui={"login_limit": "1000 per minute", **webui})
+        made.append(UI(path))
+        return made[-1]
+
+    yield make
+    for ui in made:
+        ui.close()
+
+
+@pytest.fixture
+def ui(make_ui):
+    return make_ui()

@@ -11,9 +11,11 @@ import time
 import pytest
 
 from spoold.errors import FilterError, NotFound, SpooldError
+from spoold.store import Attempt, open_store
 from spoold.store.contacts import ContactIn
 from spoold.store.filters import compile_filter
 from spoold.store.mailouts import MailoutSpec
+from spoold.store.schema import MIGRATIONS
 
 HOUR = 3600.0
 
@@ -214,6 +216,121 @@ def test_mailout_rows_render_data(filled):
     assert store.mailout_mailings([test])[test] == {
         "sender": "News <news@shop.example>", "subject": "Hi {{ name }}", "text": "Hello",
         "html": None}
+
+
+def _log_by_mailout(store) -> dict[tuple[int, str], int]:
+    with store.transaction() as cur:
+        return {(m, s): n for m, s, n in store.execute(
+            cur, "SELECT mailout_id, status, COUNT(*) FROM delivery WHERE mailout_id IS NOT NULL "
+                 "GROUP BY mailout_id, status").fetchall()}
+
+
+def _rollup_by_mailout(store) -> dict[tuple[int, str], int]:
+    with store.transaction() as cur:
+        return {(m, s): int(n) for m, s, n in store.execute(
+            cur, "SELECT mailout_id, status, n FROM delivery_by_mailout").fetchall()}
+
+
+def test_mailout_rollup_follows_every_way_a_row_is_logged(filled):
+    store = filled
+    first = store.create_mailout(spec("list", list_name="news", priority=1))
+    second = store.create_mailout(spec("all"))
+    run_out(store)
+    rows = store.claim("r1", 6, time.time() + 60)  # the first's rows: a higher priority
+    outcomes = ["sent", "sent", "bounced", "deferred", "expired", "sent"]
+    store.record([Attempt(row, status, 250, "2.0.0", "ok", "mx", not_before=time.time() + 60)
+                  for row, status in zip(rows, outcomes)], "r1")
+    queued = store.queue_rows(mailout=first, state="queued", limit=3)
+    assert store.delete(ids=[queued[0]["id"]]) == 1  # the operator's delete
+    assert store.cancel_mailout(second) > 0  # queued rows dropped, logged cancelled
+    assert store.delete_contact(queued[1]["recipient"]) == 1  # its row dropped, logged deleted
+    log = _log_by_mailout(store)
+    assert _rollup_by_mailout(store) == log
+    assert {s for _, s in log} >= {"sent", "bounced", "deferred", "expired", "cancelled",
+                                   "deleted"}
+    with store.transaction() as cur:  # the other rollups count the dropped rows too
+        totals = dict(store.execute(cur, "SELECT status, COUNT(*) FROM delivery "
+                                         "GROUP BY status").fetchall())
+    assert store.delivery_totals() == totals
+    assert sum(store.delivery_counts(time.time() - 60).values()) == sum(totals.values())
+    counters = store.mailout_counters(first)
+    assert counters["deleted"] == log[first, "deleted"] == 2
+    progress = {m["id"]: m for m in store.mailouts()}
+    assert progress[second]["done"] == progress[second]["total"] == 30
+    done = sum(n for (m, s), n in log.items() if m == first and s != "deferred")
+    assert (progress[first]["done"], progress[first]["total"]) == (done, 30)
+    assert done == 7  # 3 sent, 1 bounced, 1 expired, 2 deleted; the deferred one is queued
+    assert progress[first]["outcomes"] == {s: n for (m, s), n in log.items() if m == first}
+    assert [m["id"] for m in store.active_mailouts(time.time() - 60)] == [first]
+    store.mailout_step(time.time(), 10, HOUR)  # the cancelled one is settled: it ended now
+    assert [m["id"] for m in store.active_mailouts(time.time() - 60)] == [second, first]
+    assert [m["id"] for m in store.active_mailouts(time.time() + 60)] == [first]
+    with store.transaction() as cur:
+        store.execute(cur, "DELETE FROM delivery_by_mailout")
+    store.rebuild_rollups()  # migration 8's fill
+    assert _rollup_by_mailout(store) == log
+
+
+def test_migration_8_counts_an_existing_log_by_mailout(db_url):
+    store = open_store(db_url)
+    with store.transaction() as cur:  # a database as schema version 7 left it
+        store.execute(cur, "CREATE TABLE schema_version (version INTEGER NOT NULL)"
+                      + store.types["table"])
+        for migration in MIGRATIONS[:7]:
+            for statement in migration:
+                if isinstance(statement, dict):
+                    statement = statement[store.dialect]
+                store.execute(cur, statement.format(**store.types))
+        store.execute(cur, "INSERT INTO schema_version (version) VALUES (7)")
+        store.executemany(cur, "INSERT INTO delivery (notify_id, message_id, sender, recipient, "
+                               "domain, status, delay, attempt, at, mailout_id) VALUES "
+                               "(1, 0, 's@x.test', 'a@x.test', 'x.test', ?, 0, 1, 1, ?)",
+                          [("sent", 7), ("sent", 7), ("bounced", 7), ("sent", 8),
+                           ("sent", None)])
+    assert store.upgrade() == (7, len(MIGRATIONS))
+    assert _rollup_by_mailout(store) == {(7, "sent"): 2, (7, "bounced"): 1, (8, "sent"): 1}
+    store.close()
+
+
+def test_queue_listing_and_verbs_by_mailout(filled):
+    store = filled
+    first = store.create_mailout(spec("list", list_name="news"))
+    second = store.create_mailout(spec("all"))
+    run_out(store)
+    mine = store.queue_rows(mailout=first, limit=100)
+    assert len(mine) == 30 and {r["mailout_id"] for r in mine} == {first}
+    page = store.queue_rows(mailout=first, limit=5, after=mine[4]["id"])
+    assert [r["id"] for r in page] == [r["id"] for r in mine[5:10]]
+    assert store.queue_count(mailout=second, cap=100) == 30
+    assert store.hold(mailout=first, domain="d0.example") == \
+        sum(r["recipient"].endswith("@d0.example") for r in mine)
+    assert store.release_held(mailout=first) > 0
+    assert store.requeue(mailout=second) == 30
+    assert store.delete(mailout=second) == 30
+    assert store.queue_count(mailout=second) == 0 and store.queue_count(mailout=first) == 30
+    with pytest.raises(TypeError, match="unknown queue filter campaign"):
+        store.hold(campaign=1)
+
+
+def test_contacts_page_by_id_search_names_and_edits(store):
+    store.upsert_contacts(people(12), "news")
+    store.upsert_contacts([ContactIn("ann@x.example", "Ann Lee", {"city": "Oslo"})])
+    everyone = store.contacts(limit=100)
+    first = store.contacts(limit=5)
+    second = store.contacts(limit=5, after=first[-1]["id"])
+    assert [c["id"] for c in first + second] == [c["id"] for c in everyone[:10]]
+    back = store.contacts(limit=5, before=second[0]["id"])
+    assert back == first
+    assert [c["email"] for c in store.contacts(search="LEE")] == ["ann@x.example"]
+    assert len(store.contacts(search="p1", list_name="news")) == 3  # p1, p10, p11
+    assert store.contact(contact_id=everyone[0]["id"])["email"] == everyone[0]["email"]
+    with pytest.raises(NotFound, match="no contact with id 999"):
+        store.contact(contact_id=999)
+    store.update_contact("ANN@x.example", "Ann", {"plan": "pro"})
+    ann = store.contact("ann@x.example")
+    assert (ann["name"], ann["attributes"]) == ("Ann", {"plan": "pro"})
+    assert "plan" in store.attribute_names()
+    assert store.list_names() == ["news"]
 
 
 def test_secret_is_made_once(store):

@@ -10,11 +10,17 @@ they are also written to DIR (docs/ holds the ones the README shows).
 
 from __future__ import annotations
 
+import csv
+import email
+import email.policy
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -51,13 +57,19 @@ def spool(spool_factory):
     return spool_factory(runner={"backoff_min": 60, "backoff_max": 120})
 
 
-@pytest.fixture
-def webui_url(spool):
-    """The spoold-webui program (python -m webui) on a free loopback port."""
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextmanager
+def _serving(spool, port: int = 0) -> Iterator[str]:
+    """The spoold-webui program (python -m webui) on a loopback port; its URL."""
     log_path = spool.config_path.with_suffix(".webui.log")
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "webui", "--port", "0"], env=spool.env,
-                                stdout=log, stderr=log)
+        proc = subprocess.Popen([sys.executable, "-m", "webui", "--port", str(port)],
+                                env=spool.env, stdout=log, stderr=log)
     url: list[str] = []
 
     def listening() -> bool:
@@ -75,6 +87,13 @@ def webui_url(spool):
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+@pytest.fixture
+def webui_url(spool):
+    """The web UI on a free loopback port."""
+    with _serving(spool) as url:
+        yield url
 
 
 def _answer(dialog, alerts: list[str]) -> None:
@@ -176,4 +195,133 @@ def test_dashboard_follows_a_real_delivery_without_reloading(world, spool, webui
             browser.close()
     assert alerts == []  # no hostile string ran as script on any page
     for name in ("dashboard", "queue", "stats"):  # the test's artefacts
+        assert (tmp_path / f"webui-{name}.png").stat().st_size > 10_000
+
+
+PEOPLE = [("email", "name", "city"), ("ann@north.test", "Ann", "Paris"),
+          ("bob@south.test", "Bob", "Oslo"),
+          ('"<script>alert(1)</script>"@north.test', "<img src=x onerror=alert(2)>", "Rome"),
+          ("cat@east.test", "Cat", "Lima"), ("not an address", "Dan", "Kyiv"),
+          ("dee@south.test", "Dee", "Baku")]
+
+
+def _login(page, url: str) -> None:
+    page.goto(f"{url}/login")
+    page.fill("input[name=name]", "ann")
+    page.fill("input[name=password]", USERS["ann"][1])
+    page.click("button[type=submit]")
+    page.wait_for_selector("[data-counter='today.sent']")
+
+
+def test_a_mailout_from_csv_upload_to_delivered_and_unsubscribed(world, spool_factory,
+                                                                   tmp_path):
+    """Upload contacts, write a template with its live preview, send it from the send
+    page, watch the dashboard follow the real runner's deliveries, then follow a
+    received message's unsubscribe link."""
+    _require_browser()
+    from playwright.sync_api import expect, sync_playwright
+
+    for name in ("north.test", "south.test", "east.test"):
+        world.add_domain(name)
+    port = _free_port()
+    spool = spool_factory(mailout={"interval": 0.2, "sender": "Shop <news@shop.test>",
+                                   "unsubscribe_url": f"http://127.0.0.1:{port}/unsubscribe/"
+                                                      "{token}"})
+    store = store_for(spool.config)
+    add_users(store)
+    store.close()
+    csv_path = tmp_path / "people.csv"
+    with open(csv_path, "w", newline="") as out:
+        csv.writer(out).writerows(PEOPLE)
+    alerts: list[str] = []
+    spool.start()
+    with _serving(spool, port) as url, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.on("dialog", lambda dialog: (alerts.append(dialog.message), dialog.dismiss()))
+            _login(page, url)
+
+            page.goto(f"{url}/contacts/import")
+            page.set_input_files("input[name=file]", str(csv_path))
+            page.fill("input[name=list_name]", "news")
+            page.click("button[type=submit]")
+            expect(page.locator(".flash")).to_contain_text(
+                "people.csv: 5 contacts added, 0 updated, 1 bad line skipped (list news).")
+            expect(page.locator("#import-errors li")).to_have_text(
+                ["line 6: bad address 'not an address': has no @domain"])
+            page.goto(f"{url}/contacts?list=news")
+            expect(page.locator("table.contacts tbody tr")).to_have_count(5)
+            assert "<img src=x onerror=alert(2)>" in page.locator("table.contacts").inner_text()
+            _shoot(page, tmp_path, "contacts")
+
+            page.goto(f"{url}/templates/new")
+            page.fill("input[name=name]", "spring")
+            page.fill("input[name=subject]", "Spring news for {{ name }}")
+            page.fill("input[name=contact]", "bob@south.test")
+            page.fill("textarea[name=text]", "Hello {{ name }} of {{ attributes.city }}!\n"
+                                             "Leave: {{ unsubscribe_url }}\n")
+            page.fill("textarea[name=html]", "<p>Hello <b>{{ name }}</b></p>")
+            # The preview follows the typing (the page's script asks the server).
+            expect(page.locator("[data-preview-text]")).to_contain_text("Hello Bob of Oslo!")
+            expect(page.locator("[data-preview-headers]")).to_contain_text(
+                "Spring news for Bob")
+            page.fill("textarea[name=text]", "Hello {{ nme }}")
+            expect(page.locator("[data-preview-error]")).to_contain_text(
+                "unknown placeholder 'nme'")
+            page.fill("textarea[name=text]", "Hello {{ name }} of {{ attributes.city }}!\n"
+                                             "Leave: {{ unsubscribe_url }}\n")
+            expect(page.locator("[data-preview-error]")).to_be_hidden()
+            frame = page.frame_locator("iframe[data-preview-html]")
+            expect(frame.locator("b")).to_have_text("Bob")
+            _shoot(page, tmp_path, "template")
+            page.click("button[name=save]")
+            expect(page.locator(".flash.ok")).to_have_text("Template spring added.")
+
+            page.goto(f"{url}/send")
+            page.select_option("select[name=template]", "spring")
+            page.check("input[name=selection][value=list]")
+            page.select_option("select[name=list_name]", "news")
+            expect(page.locator("input[name=where]")).to_be_hidden()  # send.js
+            _shoot(page, tmp_path, "send")
+            page.click("button[name=send]")
+            expect(page.locator("h1")).to_contain_text("Mailout")
+            mailout_id = int(page.url.rsplit("/", 1)[1])
+
+            page.goto(f"{url}/")
+            page.evaluate("window.__sameDocument = true")
+            sent = page.locator("[data-counter='today.sent']")
+            bar = page.locator(f"[data-mailout='{mailout_id}'] progress")
+            expect(sent).to_have_text("5", timeout=45_000)
+            expect(bar).to_have_attribute("value", "5")
+            expect(bar).to_have_attribute("max", "5")
+            assert page.evaluate("window.__sameDocument") is True  # no reload happened
+            expect(page.locator(f"[data-mailout='{mailout_id}'] .badge").first).to_have_text(
+                "done", timeout=10_000)
+            page.goto(f"{url}/mailouts/{mailout_id}")
+            expect(page.locator("[data-counter=sent]")).to_have_text("5")
+            _shoot(page, tmp_path, "mailout")
+
+            received = next(m for m in world.all_messages() if m.rcpt_tos == ["bob@south.test"])
+            message = email.message_from_bytes(received.data, policy=email.policy.default)
+            assert message["Subject"] == "Spring news for Bob"
+            link = message["List-Unsubscribe"].strip("<> ")
+            assert link.startswith(f"{url}/unsubscribe/")
+            recipient = browser.new_page()
+            recipient.goto(link)
+            expect(recipient.locator("h1")).to_have_text("Unsubscribe?")
+            assert "bob@south.test" in recipient.locator("main").inner_text()
+            recipient.click("button[type=submit]")
+            expect(recipient.locator("h1")).to_have_text("Unsubscribed")
+            assert recipient.context.cookies() == []
+        finally:
+            browser.close()
+    assert alerts == []  # no hostile contact name ran as script
+    store = store_for(spool.config)
+    try:
+        assert store.contact("bob@south.test")["unsubscribed_at"] is not None
+        assert store.mailout(mailout_id)["counters"]["unsubscribed"] == 1
+    finally:
+        store.close()
+    for name in ("contacts", "template", "send", "mailout"):
         assert (tmp_path / f"webui-{name}.png").stat().st_size > 10_000

@@ -14,6 +14,8 @@ from spoold.store import store_for
 from webui.app import create_app
 
 USERS = {"ann": ("admin", "ann-password"), "vic": ("viewer", "vic-password")}
+# What hostile strings would show as if a page did not escape them.
+RAW = ("<script>alert", "<img src=x")
 _CSRF = re.compile(r'name="csrf_token"[^>]*value="([^"]+)"')
 
 
@@ -40,6 +42,20 @@ def login(client: FlaskClient, name: str, password: str | None = None) -> FlaskC
                                            "csrf_token": csrf_token(client)})
     assert response.status_code == 302, response.get_data(as_text=True)
     return client
+
+
+def escaped_pages(client: FlaskClient, paths: list[str]) -> str:
+    """GET every page (each must answer 200) and check that no hostile markup came
+    through unescaped; returns the pages' text, for what they should show escaped."""
+    seen = ""
+    for path in paths:
+        response = client.get(path)
+        assert response.status_code == 200, path
+        body = response.get_data(as_text=True)
+        for raw in RAW:
+            assert raw not in body, (path, raw)
+        seen += body
+    return seen
 
 
 class UI:

@@ -10,6 +10,12 @@ token NAME``); enqueueing needs an admin's token.  Errors are JSON
     GET  /api/v1/deliveries   the log, newest first: recipient, queue_id, before, limit
     POST /api/v1/enqueue      {"from", "to": [..], "subject", "body", "priority"} or
                               {"from"?, "to"?, "message": RFC 5322 text}: spoold.enqueue
+    POST /api/v1/mailouts     {"template", one of "list": NAME, "contacts": [..], "all": true,
+                              "where": FILTER; optional "send_at", "expires_at" (TIME),
+                              "rate" ("500/h"), "priority" (bulk|normal), "from",
+                              "test_to": [..], "test_contact"}: like ``spoold mailout
+                              create`` (spoold.mailout_request); 201 {"id", "send_at", ...}
+    GET  /api/v1/mailouts/ID  the mailout and its counters, as ``spoold mailout show``
     GET  /metrics             Prometheus text format (token, or webui.metrics_public)
     GET  /healthz             200 {"status": "ok"} when the database answers, else 503
 
@@ -26,13 +32,14 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from flask import Blueprint, Response, current_app, g, jsonify, request
+from flask import Blueprint, Response, abort, current_app, g, jsonify, request
 from flask.blueprints import BlueprintSetupState
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from spoold.enqueue import enqueue
-from spoold.errors import SpooldError, StoreError
+from spoold.errors import NotFound, SpooldError, StoreError
+from spoold.mailout_request import MailoutRequest, create_mailout
 from spoold.log import get_logger
 from spoold.store import STATES
 from webui.auth import token_required
@@ -74,6 +81,13 @@ def api_deliveries() -> Any:
     return jsonify(rows=rows, next_before=rows[-1]["id"] if len(rows) == limit else None)
 
 
+def _json_object() -> dict[str, Any]:
+    data = request.get_json(silent=True)
+    if not isinstance(data, dict):
+        abort(400, "send a JSON object (Content-Type: application/json)")
+    return data
+
+
 def _text(data: dict[str, Any], key: str) -> str | None:
     value = data.get(key)
     if value is not None and not isinstance(value, str):
@@ -93,9 +107,7 @@ def _recipients(data: dict[str, Any]) -> list[str] | None:
 @bp.route("/api/v1/enqueue", methods=["POST"])
 @token_required(role="admin")
 def api_enqueue() -> Any:
-    data = request.get_json(silent=True)
-    if not isinstance(data, dict):
-        return jsonify(error="send a JSON object (Content-Type: application/json)"), 400
+    data = _json_object()
     try:
         message = _text(data, "message")
         result = enqueue(message.encode("utf-8") if message is not None else None,
@@ -110,6 +122,60 @@ def api_enqueue() -> Any:
     get_logger().info("api_enqueue", user=g.api_user.name, rows=len(result.ids),
                       suppressed=len(result.suppressed))
     return jsonify(ids=result.ids, queued=result.queued, suppressed=result.suppressed), 201
+
+
+# A mailout's recipients: exactly one of these keys.
+_SELECTIONS = {"list": "list_name", "contacts": "contacts", "all": None, "where": "where"}
+
+
+def _addresses(data: dict[str, Any], key: str) -> list[str]:
+    value = data.get(key) or []
+    if isinstance(value, str):
+        value = value.split(",")
+    if not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+        raise SpooldError(f"{key} must be an address or a list of addresses")
+    return value
+
+
+def _mailout_request(data: dict[str, Any]) -> MailoutRequest:
+    given = [key for key in _SELECTIONS if data.get(key)]
+    if len(given) != 1:
+        raise SpooldError("choose the recipients with one of " + ", ".join(_SELECTIONS))
+    kind = given[0]
+    chosen = {}
+    if kind == "contacts":
+        chosen["contacts"] = _addresses(data, "contacts")
+    elif kind != "all":
+        chosen[_SELECTIONS[kind]] = _text(data, kind)
+    return MailoutRequest(template=_text(data, "template") or "", selection=kind,
+                          send_at=_text(data, "send_at"), expires_at=_text(data, "expires_at"),
+                          rate=_text(data, "rate"), priority=_text(data, "priority") or "bulk",
+                          sender=_text(data, "from"), test_to=_addresses(data, "test_to"),
+                          test_contact=_text(data, "test_contact"), **chosen)
+
+
+@bp.route("/api/v1/mailouts", methods=["POST"])
+@token_required(role="admin")
+def api_mailout_create() -> Any:
+    data = _json_object()
+    try:
+        mailout_id, spec = create_mailout(settings(), store(), _mailout_request(data))
+    except StoreError:
+        raise
+    except SpooldError as exc:
+        return jsonify(error=str(exc)), 400
+    get_logger().info("api_mailout", user=g.api_user.name, mailout=mailout_id)
+    return jsonify(id=mailout_id, send_at=spec.send_at, expires_at=spec.expires_at,
+                   selection=spec.selection, test_to=list(spec.test_to)), 201
+
+
+@bp.route("/api/v1/mailouts/<int:mailout_id>")
+@token_required()
+def api_mailout(mailout_id: int) -> Any:
+    try:
+        return jsonify(store().mailout(mailout_id))
+    except NotFound as exc:
+        return jsonify(error=str(exc)), 404
 
 
 class StoreCollector:

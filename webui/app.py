@@ -10,7 +10,8 @@ test client.  What it sets up once for every page:
   when that is empty, a random key kept in the database (``Store.secret``), so
   a restart keeps everyone logged in;
 - CSRF tokens on every POST form (Flask-WTF's CSRFProtect), except the
-  token-authenticated API;
+  token-authenticated API and the public unsubscribe POST (webui/unsubscribe.py
+  says why);
 - headers: a Content-Security-Policy allowing only this site's scripts,
   styles and images (the templates have no inline script or style), no
   framing, no MIME sniffing, no caching of pages, and Server-Timing with
@@ -19,7 +20,8 @@ test client.  What it sets up once for every page:
   what went wrong in one line; a database that cannot be reached is a 503.
 
 A part of the UI is a blueprint registered in ``PARTS`` with its navigation
-entries; a new part (contacts, templates, mailouts...) is one more line.
+entries (endpoint, label, and "admin" for pages only admins can use); a new
+part is one more line.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import time
 from typing import Any
 
 from flask import Flask, g, jsonify, render_template, request
+from flask_login import current_user
 from flask_wtf.csrf import CSRFError, CSRFProtect
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
@@ -36,15 +39,23 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from spoold.config import Config
 from spoold.errors import StoreError, StoreUnavailable
 from spoold.log import get_logger
-from webui import api, auth, dashboard, queue, stats
+from webui import (api, auth, campaigns, contacts, dashboard, lists, mailouts, mailtemplates,
+                   queue, send, stats, unsubscribe)
 from webui.pages import install_filters
 from webui.storage import install
 
-# Blueprint module, and the (endpoint, label) entries it adds to the navigation.
+# Blueprint module, and the (endpoint, label[, "admin"]) entries it adds to the navigation.
 PARTS = (
     (dashboard, [("dashboard.index", "Dashboard")]),
     (queue, [("queue.index", "Queue")]),
     (stats, [("stats.index", "Statistics")]),
+    (contacts, [("contacts.index", "Contacts")]),
+    (lists, [("lists.index", "Lists")]),
+    (mailtemplates, [("templates.index", "Templates")]),
+    (send, [("send.index", "Send", "admin")]),
+    (mailouts, [("mailouts.index", "Mailouts")]),
+    (campaigns, [("campaigns.index", "Campaigns")]),
+    (unsubscribe, []),
     (api, []),
 )
 
@@ -73,19 +84,28 @@ def create_app(config: Config) -> Flask:
                                 x_proto=web.trusted_proxies)
     csrf.init_app(app)
     csrf.exempt(api.bp)
+    # The unsubscribe POST: its URL's token is the credential, and RFC 8058
+    # one-click clients send no cookie, so no CSRF token (unsubscribe.py).
+    csrf.exempt(unsubscribe.answer)
     auth.init(app)
     menu = []
     for module, entries in PARTS:
         app.register_blueprint(module.bp)
         menu.extend(entries)
     install_filters(app)
-    app.context_processor(lambda: {"nav": menu, "poll_interval": web.poll_interval})
+    app.context_processor(lambda: {"nav": _nav(menu), "poll_interval": web.poll_interval})
     app.before_request(_start_clock)
     app.after_request(_headers)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(CSRFError, _csrf_error)
     app.register_error_handler(StoreError, _store_error)
     return app
+
+
+def _nav(menu: list[tuple[str, ...]]) -> list[tuple[str, str]]:
+    """The navigation entries this user may follow."""
+    admin = current_user.is_authenticated and current_user.is_admin
+    return [(entry[0], entry[1]) for entry in menu if admin or entry[2:] != ("admin",)]
 
 
 def _start_clock() -> None:

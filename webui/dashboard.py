@@ -17,7 +17,11 @@ What each figure is:
     runners   each runner's heartbeat row, every column of it, with
               ``up`` (heartbeat younger than webui.heartbeat_timeout) and
               ``heartbeat_age`` in seconds
-    mailouts  progress of running mailouts (empty until mailouts exist)
+    mailouts  mailouts under way or paused, and those that ended in the last
+              hour, newest first: id, name (the template's), status, test
+              (a test send), done and total (recipients with a final outcome
+              or skipped, out of those selected so far), sent and bounced;
+              from the mailout rows and the log's rollup delivery_by_mailout
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ bp = Blueprint("dashboard", __name__)
 OUTCOMES = ("sent", "deferred", "bounced", "expired")
 # Parts of the page re-rendered at each poll: templates/_NAME.html, data-fragment="NAME".
 FRAGMENTS = ("runners", "mailouts")
+# Mailouts that ended this long ago still show, finished, on the dashboard.
+ENDED_SHOWN = 3600
 
 
 def counters(store: Store, heartbeat_timeout: float) -> dict[str, Any]:
@@ -52,8 +58,16 @@ def counters(store: Store, heartbeat_timeout: float) -> dict[str, Any]:
         "today": {k: today.get(k, 0) for k in OUTCOMES},
         "last_hour": {k: hour.get(k, 0) for k in OUTCOMES},
         "runners": [runner_status(row, now, heartbeat_timeout) for row in store.runner_rows()],
-        "mailouts": [],
+        "mailouts": [mailout_progress(m) for m in store.active_mailouts(now - ENDED_SHOWN)],
     }
+
+
+def mailout_progress(mailout: dict[str, Any]) -> dict[str, Any]:
+    """What the dashboard shows of a mailout (Store.active_mailouts' rows)."""
+    return {"id": mailout["id"], "name": mailout["template"], "status": mailout["status"],
+            "test": bool(mailout["test_to"]), "done": mailout["done"],
+            "total": mailout["total"], "sent": mailout["outcomes"].get("sent", 0),
+            "bounced": mailout["outcomes"].get("bounced", 0)}
 
 
 def runner_status(row: dict[str, Any], now: float, timeout: float) -> dict[str, Any]:

@@ -1,23 +1,32 @@
-"""What every page shares: keyset pagination, query arguments, formats.
+"""What every page shares: keyset pagination, query arguments, formats, user errors.
 
 A part of the UI pages any long list with ``keyset_page``: the store reads
 ``limit + 1`` rows after (or before) the id bounding the page, so page
 20,000 costs what page 1 does and the extra row tells whether another page
 follows.  Templates render the result
 with the ``pager`` macro (templates/macros.html).
+
+Forms act through the functions the CLI calls; what they refuse (a
+SpooldError: a bad address, an unknown list, a template that does not
+compile) is the user's to fix, so ``user_errors`` shows it on the page as
+the CLI would print it.  The database's own failures (StoreError) are not
+caught there: the application's error pages say them (app.py).
 """
 
 from __future__ import annotations
 
 import datetime
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from flask import Flask, abort, request
+from flask import Flask, abort, flash, request
+from wtforms import StringField, TextAreaField
 
 from spoold.cli.common import when
+from spoold.errors import SpooldError, StoreError
 
 @dataclass
 class Page:
@@ -59,6 +68,49 @@ def text_arg(name: str, source: Any = None) -> str | None:
     """A query argument with its spaces trimmed, None when absent or empty."""
     value = (source or request.args).get(name, "").strip()
     return value or None
+
+
+def _stripped(value: str | None) -> str:
+    return (value or "").strip()
+
+
+class Text(StringField):
+    """A one-line form field: its text without surrounding blanks, "" when absent."""
+
+    def __init__(self, label: str | None = None, validators: Any = None, **kwargs: Any):
+        super().__init__(label, validators, filters=[_stripped], **kwargs)
+
+
+class Lines(TextAreaField):
+    """A text area of items: its text without surrounding blanks, "" when absent."""
+
+    def __init__(self, label: str | None = None, validators: Any = None, **kwargs: Any):
+        super().__init__(label, validators, filters=[_stripped], **kwargs)
+
+
+def text_lines(text: str | None) -> list[str]:
+    """The non-blank lines (or comma-separated items) of a form's text area."""
+    return [item.strip() for item in (text or "").replace(",", "\n").splitlines()
+            if item.strip()]
+
+
+@dataclass
+class Outcome:
+    ok: bool = True
+
+
+@contextmanager
+def user_errors() -> Iterator[Outcome]:
+    """Run a form's action: a SpooldError (but a database failure) is flashed as an
+    error and ends the block; ``outcome.ok`` says whether it ran through."""
+    outcome = Outcome()
+    try:
+        yield outcome
+    except StoreError:
+        raise
+    except SpooldError as exc:
+        flash(str(exc), "error")
+        outcome.ok = False
 
 
 def local_midnight(now: float) -> float:

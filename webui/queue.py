@@ -1,7 +1,7 @@
 """The queue page: the mailq view, its filters, and the operator verbs.
 
-``/queue`` lists queue rows in id order, filtered by state, domain and
-recipient (exact address), a page at a time (keyset: ``after`` / ``before``
+``/queue`` lists queue rows in id order, filtered by state, domain,
+recipient (exact address) and mailout (its id), a page at a time (keyset: ``after`` / ``before``
 an id); ``/queue/ID`` shows one row, its message's headers and its
 attempts.  Admins tick rows, or "every row matching the filter", and hold,
 release, requeue or delete them: ``POST /queue/action``, CSRF-protected,
@@ -23,12 +23,12 @@ from spoold.errors import NotFound
 from spoold.poke import poke
 from spoold.store import STATES
 from webui.auth import admin_required
-from webui.pages import keyset_page, text_arg
+from webui.pages import int_arg, keyset_page, text_arg
 from webui.storage import settings, store
 
 bp = Blueprint("queue", __name__)
 
-FILTERS = ("state", "domain", "recipient")
+FILTERS = ("state", "domain", "recipient", "mailout")
 # Verb in the form -> store method, and what the flash message says it did.
 ACTIONS = {"hold": ("hold", "held"), "release": ("release_held", "released"),
            "requeue": ("requeue", "requeued"), "delete": ("delete", "deleted")}
@@ -37,9 +37,10 @@ COUNT_CAP = 10_000
 HEADERS = ("Subject", "From", "To", "Cc", "Date", "Message-ID")
 
 
-def current_filter(source: Any = None) -> dict[str, str]:
+def current_filter(source: Any = None) -> dict[str, Any]:
     """The filter named by the query (or form) arguments; 400 on an unknown state."""
-    chosen = {name: text_arg(name, source) for name in FILTERS}
+    chosen: dict[str, Any] = {name: text_arg(name, source) for name in FILTERS}
+    chosen["mailout"] = int_arg("mailout", source)
     if chosen["state"] is not None and chosen["state"] not in STATES:
         abort(400, f"state must be one of {', '.join(STATES)}")
     return {name: value for name, value in chosen.items() if value is not None}

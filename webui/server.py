@@ -5,13 +5,15 @@ SUMMARY
     spoold-webui [--config FILE] [--bind ADDRESS] [--port PORT]
 
 DESCRIPTION
-    Serves the web UI (dashboard, queue, statistics, JSON API, Prometheus
-    /metrics, /healthz) with waitress, a production WSGI server, in one
+    Serves the web UI (dashboard, queue, statistics, contacts, lists,
+    templates, send, mailouts, campaigns, the public unsubscribe page, JSON
+    API, Prometheus /metrics, /healthz) with waitress, a production WSGI server, in one
     process with a pool of threads.  It reads the same settings file as
     spoold (--config, else $SPOOLD_CONFIG, else /etc/spoold/spoold.toml) and
     works on spoold's database through spoold's store only: it never talks
     to the queue runner, except to poke it after releasing or requeueing
-    rows, as ``spoold release`` does.  It upgrades the schema at start, as
+    rows or creating or resuming a mailout, as ``spoold release`` and
+    ``spoold mailout create|resume`` do.  It upgrades the schema at start, as
     every spoold command does.  Users come from ``spoold users add``.
 
     --port 0 takes any free port; the ``webui_listening`` log line names the
@@ -28,7 +30,9 @@ CONFIGURATION
     kept in the database), session_lifetime (12h), secure_cookies (false),
     trusted_proxies (0), login_limit ("5 per minute;30 per hour"), threads
     (8), page_size (50), poll_interval (2), heartbeat_timeout (20),
-    metrics_public (false); [database] url; [runner] run_dir (to poke);
+    metrics_public (false); [database] url; [runner] run_dir (to poke),
+    max_lifetime (a mailout's default expiry); [mailout] sender, secret,
+    unsubscribe_url, unsubscribe_mailto (previews, unsubscribe tokens);
     [log] format, level.  See etc/spoold.toml.
 """
 

@@ -2,10 +2,12 @@
 
 ``/stats`` shows attempts per hour (48 hours) and per day (30 days) as SVG
 charts (``/stats/hourly.svg``, ``/stats/daily.svg``, charts.py), the busiest
-destination domains of the last 7 days with their rates and last error, and
-the delivery log newest first, searchable by recipient (exact address) or
+destination domains of the last 7 days with their rates and last error, the
+latest mailouts' totals (attempts by status from the rollup delivery_by_mailout)
+and the delivery log newest first, searchable by recipient (exact address) or
 queue id, a page at a time.  ``/stats/deliveries.csv`` streams the same
-search as CSV, all of it, read in keyset batches so memory stays flat.
+search as CSV (with the mailout of each attempt, if any), all of it, read in
+keyset batches so memory stays flat.
 
 Every figure comes from the log's rollups or an indexed lookup (see
 spoold/store/stats.py): the page costs the same on a log of a million rows.
@@ -28,10 +30,10 @@ from webui.storage import settings, store
 
 bp = Blueprint("stats", __name__)
 
-HOURS, DAYS, TOP_DAYS = 48, 30, 7
+HOURS, DAYS, TOP_DAYS, MAILOUTS = 48, 30, 7, 10
 CSV_BATCH = 1000
-CSV_COLUMNS = ("time", "log_id", "queue_id", "sender", "recipient", "status", "code", "dsn",
-               "relay", "delay", "attempt", "reply")
+CSV_COLUMNS = ("time", "log_id", "queue_id", "mailout", "sender", "recipient", "status", "code",
+               "dsn", "relay", "delay", "attempt", "reply")
 # A spreadsheet runs a cell starting with one of these as a formula (CSV injection).
 _FORMULA = ("=", "+", "-", "@", "\t", "\r")
 _SVG_CSP = "default-src 'none'; style-src 'unsafe-inline'"
@@ -61,7 +63,8 @@ def index() -> str:
     since = time.time() - TOP_DAYS * 86400
     domains = [_domain_rates(d) for d in store().top_domains(since)]
     return render_template("stats.html", page=page, q=text_arg("q") or "", domains=domains,
-                           top_days=TOP_DAYS, hours=HOURS, days=DAYS)
+                           top_days=TOP_DAYS, hours=HOURS, days=DAYS,
+                           mailouts=store().mailouts(limit=MAILOUTS))
 
 
 def _svg(body: str) -> Response:
@@ -107,7 +110,8 @@ def _csv_lines(found: dict[str, Any]) -> Iterator[str]:
         for r in rows:
             stamp = datetime.datetime.fromtimestamp(r["at"]).astimezone()
             yield writer.writerow([_cell(v) for v in (
-                stamp.isoformat(timespec="seconds"), r["id"], r["notify_id"], r["sender"],
+                stamp.isoformat(timespec="seconds"), r["id"], r["notify_id"], r["mailout_id"],
+                r["sender"],
                 r["recipient"], r["status"], r["code"], r["dsn"], r["relay"],
                 f"{r['delay']:.3f}", r["attempt"], r["reply"])])
         before = rows[-1]["id"]

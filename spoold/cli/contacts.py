@@ -16,7 +16,7 @@ import sys
 from spoold.address import parse_address
 from spoold.cli.common import print_table, when, with_store
 from spoold.config import Config
-from spoold.contacts_import import import_contacts
+from spoold.contacts_import import import_contacts, parse_attributes
 from spoold.errors import SpooldError
 from spoold.store import Store
 from spoold.store.contacts import ContactIn
@@ -44,12 +44,7 @@ def _import(args: argparse.Namespace, store: Store) -> int:
 
 
 def _add(args: argparse.Namespace, store: Store) -> int:
-    attributes = {}
-    for pair in args.attr:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise SpooldError(f"--attr {pair!r}: use KEY=VALUE")
-        attributes[key] = value
+    attributes = parse_attributes(args.attr)
     counts = store.upsert_contacts([ContactIn(parse_address(_one(args)), args.name, attributes)],
                                    args.list)
     print(f"{args.target}: {'added' if counts.inserted else 'updated'}")
@@ -133,7 +128,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--name", help="add: the contact's name")
     p.add_argument("--attr", action="append", default=[], metavar="KEY=VALUE",
                    help="add: an attribute (repeatable)")
-    p.add_argument("--search", help="list: addresses containing this")
+    p.add_argument("--search", help="list: addresses or names containing this")
     p.add_argument("--limit", type=int, default=100)
     p.set_defaults(handler=cmd_contacts)
 

@@ -12,81 +12,37 @@
 TIME is ISO 8601 (2026-12-01T09:00, 2026-12-01 09:00:00+01:00, ...Z); a
 time without an offset is local time on the machine running the command
 (its TZ).  Also "now" and +DURATION (+90s, +15m, +2h, +1d).  The runner
-starts a mailout on its own once send_at has come (no cron).
+starts a mailout on its own once send_at has come (no cron).  Creating one
+goes through spoold/mailout_request.py, as the web UI and the API do.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
-import email.utils
-import re
-import time
 
-from spoold.address import parse_address
 from spoold.cli.common import print_table, when, with_store
-from spoold.config import Config, parse_duration
-from spoold.errors import AddressError, SpooldError
+from spoold.config import Config
+from spoold.errors import SpooldError
+from spoold.mailout_request import MailoutRequest, create_mailout, parse_from, parse_time
 from spoold.poke import poke
 from spoold.store import PRIORITIES, Store
-from spoold.store.mailouts import MailoutSpec
 
-_RATE = re.compile(r"^\s*(\d+)\s*(?:/\s*([smh]))?\s*$")
-_PER_HOUR = {"s": 3600, "m": 60, "h": 1, None: 1}
 _COUNTERS = ("total", "queued", "sending", "held", "deferred", "sent", "bounced", "expired",
              "cancelled", "deleted", "skipped_unsubscribed", "skipped_suppressed",
              "unsubscribed")
+# Errors name the command's flags.
+_FLAGS = {"send_at": "--send-at", "expires_at": "--expires-at", "rate": "--rate",
+          "sender": "--from", "test_to": "--test-to"}
 
 
-def parse_time(text: str, what: str) -> float:
-    """Epoch seconds from ISO 8601 (naive: local time), "now" or "+DURATION"."""
-    text = text.strip()
-    try:
-        if text == "now":
-            return time.time()
-        if text.startswith("+"):
-            return time.time() + parse_duration(text[1:])
-        return datetime.datetime.fromisoformat(text).timestamp()
-    except ValueError:
-        raise SpooldError(f"{what} {text!r}: use ISO 8601 (2026-12-01T09:00, "
-                          "2026-12-01 09:00+01:00), now, or +DURATION (+90s, +2h)") from None
-
-
-def parse_rate(text: str) -> int:
-    """Rows per hour from "N/h", "N/m", "N/s" or a bare N (per hour)."""
-    match = _RATE.match(text)
-    if match is None or int(match.group(1)) < 1:
-        raise SpooldError(f"--rate {text!r}: use N/h, N/m or N/s with N >= 1")
-    return int(match.group(1)) * _PER_HOUR[match.group(2)]
-
-
-def parse_from(given: str | None, config: Config) -> str:
-    """The From value ("address" or "Name <address>"), fit for a header and an envelope."""
-    text = given or config.mailout_sender
-    try:
-        if re.search(r"[\x00-\x1f\x7f]", text):
-            raise AddressError(f"{text!r}: contains a control character")
-        name, address = email.utils.parseaddr(text)
-        normal = parse_address(address)
-    except AddressError as exc:
-        raise AddressError(f"sender: {exc}" + ("" if given else
-                                               " (set [mailout] sender, or give --from)")) from None
-    return email.utils.formataddr((name, normal)) if name else normal
-
-
-def _selection(args: argparse.Namespace) -> tuple[str, dict]:
+def _selection(args: argparse.Namespace) -> dict:
     chosen = [k for k in ("list", "contacts", "all", "where") if getattr(args, k)]
     if len(chosen) != 1:
         raise SpooldError("mailout create: choose the recipients with one of --list, "
                           "--contacts, --all, --where")
     kind = chosen[0]
-    if kind == "list":
-        return kind, {"list_name": args.list}
-    if kind == "contacts":
-        return kind, {"contacts": [a.strip() for a in args.contacts.split(",") if a.strip()]}
-    if kind == "where":
-        return kind, {"where": args.where}
-    return kind, {}
+    return {"selection": kind, "list_name": args.list, "where": args.where,
+            "contacts": args.contacts.split(",") if args.contacts else ()}
 
 
 @with_store
@@ -120,20 +76,13 @@ def cmd_mailout(args: argparse.Namespace, config: Config, store: Store) -> int:
 def _create(args: argparse.Namespace, config: Config, store: Store) -> int:
     if not args.template:
         raise SpooldError("mailout create: give --template NAME")
-    kind, chosen = _selection(args)
-    send_at = parse_time(args.send_at, "--send-at") if args.send_at else time.time()
-    expires_at = (parse_time(args.expires_at, "--expires-at") if args.expires_at
-                  else send_at + config.runner.max_lifetime)
-    spec = MailoutSpec(
-        template=args.template, sender=parse_from(args.sender, config),
-        selection=kind, send_at=send_at, expires_at=expires_at,
-        rate=parse_rate(args.rate) if args.rate else None, priority=PRIORITIES[args.priority],
-        test_to=[parse_address(a) for a in args.test_to], test_contact=args.test_contact,
-        **chosen)
-    mailout_id = store.create_mailout(spec)
-    mode = f"test to {', '.join(spec.test_to)}" if spec.test_to else kind
-    print(f"mailout {mailout_id}: scheduled for {when(send_at)} ({mode})")
-    poke(config.runner.run_dir)
+    request = MailoutRequest(template=args.template, send_at=args.send_at,
+                             expires_at=args.expires_at, rate=args.rate,
+                             priority=args.priority, sender=args.sender, test_to=args.test_to,
+                             test_contact=args.test_contact, **_selection(args))
+    mailout_id, spec = create_mailout(config, store, request, _FLAGS)
+    mode = f"test to {', '.join(spec.test_to)}" if spec.test_to else spec.selection
+    print(f"mailout {mailout_id}: scheduled for {when(spec.send_at)} ({mode})")
     return 0
 
 

@@ -2,7 +2,7 @@
 
     spoold enqueue ...          queue a message (like sendmail)
     spoold queue | status | log [--follow]
-    spoold hold|release|requeue|delete ID... | --all | --domain D
+    spoold hold|release|requeue|delete ID... | --all | --domain D | --mailout ID
     spoold flush
     spoold suppression list|explain|remove ADDRESS
 """
@@ -63,7 +63,8 @@ def cmd_queue(args: argparse.Namespace, config: Config, store: Store) -> int:
         counts = store.state_counts()
         print("total: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
         return 0
-    rows = store.queue_rows(state=args.state, domain=args.domain, limit=args.limit)
+    rows = store.queue_rows(state=args.state, domain=args.domain, mailout=args.mailout,
+                            limit=args.limit)
     now = time.time()
     print_table(
         ("id", "size", "arrival", "sender", "recipient", "state", "tries", "next", "last reply"),
@@ -72,7 +73,7 @@ def cmd_queue(args: argparse.Namespace, config: Config, store: Store) -> int:
           when(r["not_before"]) if r["state"] == "queued" and r["not_before"] > now else "-",
           (r["last_reply"] or "")[:80]) for r in rows])
     if not rows:
-        print("queue is empty" if args.state is None and args.domain is None else "no match")
+        print("no match" if args.state or args.domain or args.mailout else "queue is empty")
     return 0
 
 
@@ -118,9 +119,10 @@ def _print_runner(r: dict[str, Any]) -> None:
 
 
 def _targets(args: argparse.Namespace) -> dict[str, Any]:
-    if bool(args.ids) + bool(args.all) + bool(args.domain) != 1:
-        raise SpooldError("name queue ids, or --all, or --domain DOMAIN (one of them)")
-    return {"ids": args.ids or None, "domain": args.domain}
+    if bool(args.ids) + bool(args.all) + bool(args.domain) + bool(args.mailout) != 1:
+        raise SpooldError("name queue ids, or --all, or --domain DOMAIN, or --mailout ID "
+                          "(one of them)")
+    return {"ids": args.ids or None, "domain": args.domain, "mailout": args.mailout}
 
 
 def _admin(verb: str, method: str) -> Handler:
@@ -184,6 +186,7 @@ def _add_targets(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("ids", nargs="*", type=int, metavar="ID", help="queue ids")
     parser.add_argument("--all", action="store_true", help="every row it applies to")
     parser.add_argument("--domain", help="every row for this recipient domain")
+    parser.add_argument("--mailout", type=int, metavar="ID", help="every row of this mailout")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -201,6 +204,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--summary", action="store_true", help="counts by domain and state")
     p.add_argument("--state", choices=("queued", "active", "held"))
     p.add_argument("--domain")
+    p.add_argument("--mailout", type=int, metavar="ID", help="only this mailout's rows")
     p.add_argument("--limit", type=int, default=1000)
     p.set_defaults(handler=cmd_queue)
 

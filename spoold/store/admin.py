@@ -16,8 +16,12 @@ from collections.abc import Sequence
 
 from spoold.errors import NotFound
 from spoold.store.base import (_ROW_COLUMNS, PRIORITIES, STATES, Attempt, QueueRow, _chunks,
-                               _marks)
+                               _keyset, _marks)
 from spoold.store.queue import QueueOps
+
+
+# What the verbs' filters may name.
+MATCH = ("state", "domain", "recipient", "mailout")
 
 
 class AdminOps(QueueOps):
@@ -58,19 +62,21 @@ class AdminOps(QueueOps):
 
     def queue_rows(self, state: str | None = None, domain: str | None = None,
                    recipient: str | None = None, limit: int = 1000, after: int | None = None,
-                   before: int | None = None) -> list[dict[str, Any]]:
+                   before: int | None = None, mailout: int | None = None) -> list[dict[str, Any]]:
         """Queue rows in id order: the first ``limit``, or those right after / before an id."""
-        where, params = self._filters(state=state, domain=domain, recipient=recipient)
+        where, params = self._filters(state=state, domain=domain, recipient=recipient,
+                                      mailout_id=mailout)
         where, params, order, backwards = _keyset(where, params, after, before)
         with self.transaction(write=False) as cur:
             rows = self.execute(cur, "SELECT n.id, COALESCE(m.size, 0), n.created_at, n.sender, "
                                      "n.recipient, n.state, n.attempts, n.not_before, "
-                                     "n.last_reply, n.priority, n.domain, n.last_dsn FROM notify n "
+                                     "n.last_reply, n.priority, n.domain, n.last_dsn, "
+                                     "n.mailout_id FROM notify n "
                                      f"LEFT JOIN message m ON m.id = n.message_id{where} "
                                      f"ORDER BY n.id {order} LIMIT ?",
                                 [*params, limit]).fetchall()
         names = ("id", "size", "created_at", "sender", "recipient", "state", "attempts",
-                 "not_before", "last_reply", "priority", "domain", "last_dsn")
+                 "not_before", "last_reply", "priority", "domain", "last_dsn", "mailout_id")
         found = [dict(zip(names, row)) for row in rows]
         return found[::-1] if backwards else found
 
@@ -83,9 +89,11 @@ class AdminOps(QueueOps):
         return dict(zip(names, row)) if row else None
 
     def queue_count(self, state: str | None = None, domain: str | None = None,
-                    recipient: str | None = None, cap: int = 10_000) -> int:
+                    recipient: str | None = None, cap: int = 10_000,
+                    mailout: int | None = None) -> int:
         """Rows matching a filter, counted up to ``cap`` (a bounded cost on any queue)."""
-        where, params = self._filters(state=state, domain=domain, recipient=recipient)
+        where, params = self._filters(state=state, domain=domain, recipient=recipient,
+                                      mailout_id=mailout)
         with self.transaction(write=False) as cur:
             return self.execute(cur, f"SELECT COUNT(*) FROM (SELECT 1 FROM notify n{where} "
                                      "LIMIT ?) capped", [*params, cap]).fetchone()[0]
@@ -110,11 +118,12 @@ class AdminOps(QueueOps):
                                                   newest_first=True)
         with self.transaction(write=False) as cur:
             rows = self.execute(cur, "SELECT n.notify_id, n.recipient, n.status, n.code, n.dsn, "
-                                     "n.reply, n.relay, n.delay, n.attempt, n.at, n.id, n.sender "
+                                     "n.reply, n.relay, n.delay, n.attempt, n.at, n.id, n.sender, "
+                                     "n.mailout_id "
                                      f"FROM delivery n{where} ORDER BY n.id {order} LIMIT ?",
                                 [*params, limit]).fetchall()
         names = ("notify_id", "recipient", "status", "code", "dsn", "reply", "relay", "delay",
-                 "attempt", "at", "id", "sender")
+                 "attempt", "at", "id", "sender", "mailout_id")
         found = [dict(zip(names, row)) for row in rows]
         return found[::-1] if backwards else found
 
@@ -143,14 +152,18 @@ class AdminOps(QueueOps):
                 params.append(value)
         return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
 
-    def _select_ids(self, cur: Any, ids: Sequence[int] | None, match: dict[str, str | None],
+    def _select_ids(self, cur: Any, ids: Sequence[int] | None, match: dict[str, Any],
                     states: Sequence[str]) -> list[int]:
+        unknown = set(match) - set(MATCH)
+        if unknown:
+            raise TypeError(f"unknown queue filter {', '.join(sorted(unknown))}")
         wanted = match.get("state")
         states = [s for s in states if wanted in (None, s)]
         if not states:
             return []
         where, params = self._filters(ids, domain=match.get("domain"),
-                                      recipient=match.get("recipient"))
+                                      recipient=match.get("recipient"),
+                                      mailout_id=match.get("mailout"))
         joiner = " AND " if where else " WHERE "
         sql = (f"SELECT n.id FROM notify n{where}{joiner}n.state IN ({_marks(states)})"
                f"{self.claim_lock}")
@@ -165,7 +178,7 @@ class AdminOps(QueueOps):
         if missing:
             raise NotFound(f"no queued mail with id {', '.join(map(str, missing))}")
 
-    def _set_state(self, ids: Sequence[int] | None, match: dict[str, str | None],
+    def _set_state(self, ids: Sequence[int] | None, match: dict[str, Any],
                    from_states: Sequence[str], assignments: str,
                    params: Sequence[Any] = ()) -> int:
         with self.transaction() as cur:
@@ -176,24 +189,18 @@ class AdminOps(QueueOps):
                                   f"({_marks(chunk)})", [*params, *chunk])
         return len(chosen)
 
-    # Each verb takes queue ids (all must exist), or a filter: every row of the
-    # given state, domain and recipient (all of them when none is given).
+    # Each verb takes queue ids (all must exist), or a filter (MATCH): every row of
+    # the given state, domain, recipient and mailout (all of them when none is given).
 
-    def hold(self, ids: Sequence[int] | None = None, domain: str | None = None,
-             state: str | None = None, recipient: str | None = None) -> int:
-        return self._set_state(ids, {"domain": domain, "state": state, "recipient": recipient},
-                               ("queued",), "state = 'held'")
+    def hold(self, ids: Sequence[int] | None = None, **match: str | int | None) -> int:
+        return self._set_state(ids, match, ("queued",), "state = 'held'")
 
-    def release_held(self, ids: Sequence[int] | None = None, domain: str | None = None,
-                     state: str | None = None, recipient: str | None = None) -> int:
-        return self._set_state(ids, {"domain": domain, "state": state, "recipient": recipient},
-                               ("held",), "state = 'queued', agent_failures = 0")
+    def release_held(self, ids: Sequence[int] | None = None, **match: str | int | None) -> int:
+        return self._set_state(ids, match, ("held",), "state = 'queued', agent_failures = 0")
 
-    def requeue(self, ids: Sequence[int] | None = None, domain: str | None = None,
-                state: str | None = None, recipient: str | None = None) -> int:
+    def requeue(self, ids: Sequence[int] | None = None, **match: str | int | None) -> int:
         """Queued or held rows become due now with a fresh retry schedule."""
-        return self._set_state(ids, {"domain": domain, "state": state, "recipient": recipient},
-                               ("queued", "held"),
+        return self._set_state(ids, match, ("queued", "held"),
                                "state = 'queued', not_before = ?, attempts = 0, "
                                "agent_failures = 0",
                                (time.time(),))
@@ -205,14 +212,12 @@ class AdminOps(QueueOps):
             return self.execute(cur, "UPDATE notify SET not_before = ? WHERE state = 'queued' "
                                      "AND not_before > ?", (now, now)).rowcount
 
-    def delete(self, ids: Sequence[int] | None = None, domain: str | None = None,
-               state: str | None = None, recipient: str | None = None) -> int:
+    def delete(self, ids: Sequence[int] | None = None, **match: str | int | None) -> int:
         """Remove queued or held rows, logging each as ``deleted``."""
         now = time.time()
         with self.transaction() as cur:
             self._check_ids(cur, ids)
-            chosen = self._select_ids(cur, ids, {"domain": domain, "state": state,
-                                                 "recipient": recipient}, ("queued", "held"))
+            chosen = self._select_ids(cur, ids, match, ("queued", "held"))
             attempts = []
             for chunk in _chunks(chosen):
                 rows = self.execute(cur, f"SELECT {_ROW_COLUMNS} FROM notify WHERE id IN "
@@ -240,21 +245,3 @@ class AdminOps(QueueOps):
             return self.execute(cur, "DELETE FROM suppression WHERE address = ?",
                                 (address.lower(),)).rowcount > 0
 
-
-def _keyset(where: str, params: list[Any], after: int | None, before: int | None,
-            newest_first: bool = False) -> tuple[str, list[Any], str, bool]:
-    """Add "id above ``after`` / below ``before``" to a filter.
-
-    Returns the filter, its parameters, the order to read in and whether the
-    rows read must be reversed: a page towards the top of the list is read
-    from its bound outwards (the opposite order), so LIMIT keeps the rows
-    nearest the bound.
-    """
-    for bound, op in ((after, ">"), (before, "<")):
-        if bound is not None:
-            where += (" AND " if where else " WHERE ") + f"n.id {op} ?"
-            params = [*params, bound]
-    top, bottom = (after, before) if newest_first else (before, after)
-    towards_top = top is not None and bottom is None
-    ascending = newest_first == towards_top
-    return where, params, "ASC" if ascending else "DESC", towards_top

@@ -12,6 +12,7 @@ rewrite them.
 from __future__ import annotations
 
 import secrets
+from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -79,6 +80,25 @@ def _marks(items: Sequence[Any]) -> str:
     return ",".join("?" * len(items))
 
 
+def _keyset(where: str, params: list[Any], after: int | None, before: int | None,
+            newest_first: bool = False, key: str = "n.id") -> tuple[str, list[Any], str, bool]:
+    """Add "``key`` (an id column) above ``after`` / below ``before``" to a filter.
+
+    Returns the filter, its parameters, the order to read in and whether the
+    rows read must be reversed: a page towards the top of the list is read
+    from its bound outwards (the opposite order), so LIMIT keeps the rows
+    nearest the bound.
+    """
+    for bound, op in ((after, ">"), (before, "<")):
+        if bound is not None:
+            where += (" AND " if where else " WHERE ") + f"{key} {op} ?"
+            params = [*params, bound]
+    top, bottom = (after, before) if newest_first else (before, after)
+    towards_top = top is not None and bottom is None
+    ascending = newest_first == towards_top
+    return where, params, "ASC" if ascending else "DESC", towards_top
+
+
 class Backend:
     """One database connection, its transactions and its schema."""
 
@@ -140,6 +160,28 @@ class Backend:
         self.executemany(cur, f"INSERT INTO {table} ({columns}, n) VALUES "
                               f"({_marks(keys)}, ?)" + self.add_on_conflict.format(keys=columns),
                          rows)
+
+    def _add_tallies(self, cur: Any, now: float,
+                     counts: Counter[tuple[str, int | None, str]]) -> None:
+        """Add attempts counted by (domain, mailout id or None, status) to every rollup
+        of the log, keys in sorted order so that runners sharing a MariaDB lock the
+        same rows in the same order."""
+        minute, day = int(now // 60 * 60), int(now // 86400 * 86400)
+        statuses: Counter[str] = Counter()
+        domains: Counter[tuple[str, str]] = Counter()
+        mailouts: Counter[tuple[int, str]] = Counter()
+        for (domain, mailout_id, status), n in counts.items():
+            statuses[status] += n
+            domains[domain, status] += n
+            if mailout_id is not None:
+                mailouts[mailout_id, status] += n
+        self._add_counts(cur, "delivery_minute", ("minute", "status"),
+                         [(minute, s, n) for s, n in sorted(statuses.items())])
+        self._add_counts(cur, "delivery_domain_day", ("day", "domain", "status"),
+                         [(day, d, s, n) for (d, s), n in sorted(domains.items())])
+        self._add_counts(cur, "delivery_total", ("status",), sorted(statuses.items()))
+        self._add_counts(cur, "delivery_by_mailout", ("mailout_id", "status"),
+                         [(m, s, n) for (m, s), n in sorted(mailouts.items())])
 
     def close(self) -> None:
         raise NotImplementedError

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 from collections.abc import Iterable, Sequence
 
 from spoold.address import domain_of
 from spoold.errors import NotFound, SpooldError
-from spoold.store.base import Backend, _chunks, _marks
+from spoold.store.base import Backend, _chunks, _keyset, _marks
 
 _CONTACT_COLUMNS = ("id", "email", "name", "attributes", "created_at", "updated_at",
                     "unsubscribed_at")
@@ -96,43 +97,67 @@ class ContactOps(Backend):
                                   "VALUES (?, ?)", [(list_id, i) for i in ids])
 
     def contacts(self, list_name: str | None = None, search: str | None = None,
-                 limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
-        """Contacts by id, optionally of one list and/or whose address contains ``search``."""
+                 limit: int = 100, after: int | None = None,
+                 before: int | None = None) -> list[dict[str, Any]]:
+        """Contacts in id order, optionally of one list and/or whose address or name
+        contains ``search``: the first ``limit``, or those right after / before an id."""
         joins, clauses, params = "", [], []
-        with self.transaction() as cur:
+        with self.transaction(write=False) as cur:
             if list_name is not None:
                 joins = " JOIN list_member lm ON lm.contact_id = c.id"
                 clauses.append("lm.list_id = ?")
                 params.append(self._list_id(cur, list_name))
             if search:
-                clauses.append("c.email_key LIKE ?")
-                params.append("%" + search.lower().replace("%", "").replace("_", "") + "%")
+                # LIKE ignores the case of ASCII letters (SQLite) or by collation (MariaDB);
+                # LOWER(name) would double the cost of a search that reads every contact.
+                clauses.append("(c.email_key LIKE ? OR c.name LIKE ?)")
+                pattern = "%" + search.lower().replace("%", "").replace("_", "") + "%"
+                params.extend((pattern, pattern))
             where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
+            where, params, order, backwards = _keyset(where, params, after, before, key="c.id")
             rows = self.execute(cur, f"SELECT c.{', c.'.join(_CONTACT_COLUMNS)} FROM contact c"
-                                     f"{joins}{where} ORDER BY c.id LIMIT ? OFFSET ?",
-                                [*params, limit, offset]).fetchall()
-        return [_contact(r) for r in rows]
+                                     f"{joins}{where} ORDER BY c.id {order} LIMIT ?",
+                                [*params, limit]).fetchall()
+        found = [_contact(r) for r in rows]
+        return found[::-1] if backwards else found
 
     def contact_count(self) -> int:
-        with self.transaction() as cur:
+        with self.transaction(write=False) as cur:
             return self.execute(cur, "SELECT COUNT(*) FROM contact").fetchone()[0]
 
-    def contact(self, email: str) -> dict[str, Any]:
-        """One contact with its lists; NotFound if the address is unknown."""
-        with self.transaction() as cur:
-            contact = self._contact_row(cur, email)
+    def contact(self, email: str | None = None, contact_id: int | None = None) -> dict[str, Any]:
+        """One contact (by address or id) with its lists; NotFound if there is none."""
+        with self.transaction(write=False) as cur:
+            contact = self._contact_row(cur, email, contact_id)
             contact["lists"] = [r[0] for r in self.execute(
                 cur, "SELECT l.name FROM contact_list l JOIN list_member lm ON "
                      "lm.list_id = l.id WHERE lm.contact_id = ? ORDER BY l.name",
                 (contact["id"],)).fetchall()]
         return contact
 
-    def _contact_row(self, cur: Any, email: str) -> dict[str, Any]:
-        row = self.execute(cur, f"SELECT {', '.join(_CONTACT_COLUMNS)} FROM contact "
-                                "WHERE email_key = ?", (email.strip().lower(),)).fetchone()
+    def _contact_row(self, cur: Any, email: str | None,
+                     contact_id: int | None = None) -> dict[str, Any]:
+        if email is not None:
+            found = self.execute(cur, f"SELECT {', '.join(_CONTACT_COLUMNS)} FROM contact "
+                                      "WHERE email_key = ?", (email.strip().lower(),))
+        else:
+            found = self.execute(cur, f"SELECT {', '.join(_CONTACT_COLUMNS)} FROM contact "
+                                      "WHERE id = ?", (contact_id,))
+        row = found.fetchone()
         if row is None:
-            raise NotFound(f"no contact {email}")
+            raise NotFound(f"no contact {email}" if email is not None
+                           else f"no contact with id {contact_id}")
         return _contact(row)
+
+    def update_contact(self, email: str, name: str, attributes: dict[str, str]) -> None:
+        """Replace a contact's name and attributes (an attribute left out is removed)."""
+        with self.transaction() as cur:
+            contact_id = self._contact_row(cur, email)["id"]
+            self.executemany(cur, f"{self.insert_ignore} INTO contact_attribute (name) "
+                                  "VALUES (?)", [(n,) for n in sorted(attributes)])
+            self.execute(cur, "UPDATE contact SET name = ?, attributes = ?, updated_at = ? "
+                              "WHERE id = ?",
+                         (name, json.dumps(attributes), time.time(), contact_id))
 
     def contact_ids(self, emails: Iterable[str]) -> dict[str, int]:
         """{address as given: contact id}; NotFound naming every unknown one."""
@@ -163,9 +188,14 @@ class ContactOps(Backend):
 
     def _drop_rows(self, cur: Any, where: str, params: Sequence[Any], status: str,
                    reply: str) -> int:
-        """Remove the queued and held rows ``where`` selects, logging each as ``status``."""
+        """Remove the queued and held rows ``where`` selects, logging each as ``status``
+        and counting them into the log's rollups."""
         now = time.time()
         where = f"{where} AND state IN ('queued', 'held')"
+        self._add_tallies(cur, now, Counter({
+            (domain, mailout_id, status): n for domain, mailout_id, n in self.execute(
+                cur, f"SELECT domain, mailout_id, COUNT(*) FROM notify WHERE {where} "
+                     "GROUP BY domain, mailout_id", params).fetchall()}))
         self.execute(cur, "INSERT INTO delivery (notify_id, message_id, sender, recipient, "
                           "domain, status, code, dsn, reply, relay, delay, attempt, at, "
                           "mailout_id) SELECT id, message_id, sender, recipient, domain, ?, "
@@ -249,6 +279,12 @@ class ContactOps(Backend):
                                      "lm.list_id = l.id GROUP BY l.id, l.name, l.created_at "
                                      "ORDER BY l.name").fetchall()
         return [dict(zip(("id", "name", "created_at", "members"), r)) for r in rows]
+
+    def list_names(self) -> list[str]:
+        """Every list's name (without counting members, unlike ``lists``)."""
+        with self.transaction(write=False) as cur:
+            return [r[0] for r in self.execute(cur, "SELECT name FROM contact_list "
+                                                    "ORDER BY name").fetchall()]
 
     def add_to_list(self, name: str, emails: Sequence[str]) -> int:
         ids = list(self.contact_ids(emails).values())

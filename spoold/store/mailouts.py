@@ -36,12 +36,15 @@ from collections.abc import Sequence
 
 from spoold.address import domain_of
 from spoold.errors import NotFound, SpooldError
-from spoold.store.base import MAILOUT_MESSAGE, PRIORITIES, _chunks, _marks
+from spoold.store.base import MAILOUT_MESSAGE, PRIORITIES, _chunks, _keyset, _marks
 from spoold.store.contacts import ContactOps
 from spoold.store.filters import compile_filter
 
 LIVE = ("scheduled", "expanding", "sending")
+ACTIVE = (*LIVE, "paused")
 ENDED = ("done", "cancelled", "expired")
+# Outcomes that end a recipient's part in a mailout (the log's statuses).
+DONE = ("sent", "bounced", "expired", "cancelled", "deleted")
 SELECTIONS = ("list", "contacts", "all", "where")
 
 _MAILOUT_COLUMNS = ("id", "template_id", "sender", "selection", "list_id", "where_filter",
@@ -161,18 +164,53 @@ class MailoutOps(ContactOps):
 
     # -- reading --------------------------------------------------------------
 
-    def mailouts(self, limit: int = 100) -> list[dict[str, Any]]:
-        """The latest mailouts, newest first, with their template's name."""
-        with self.transaction() as cur:
+    def mailouts(self, limit: int = 100, before: int | None = None,
+                 after: int | None = None) -> list[dict[str, Any]]:
+        """Mailouts newest first, a page at a time (keyset: ``before`` / ``after`` an
+        id), with their template's name and progress (``_with_progress``)."""
+        where, params, order, backwards = _keyset("", [], after, before, newest_first=True,
+                                                  key="m.id")
+        found = self._mailout_list(where, params, f"m.id {order}", limit)
+        return found[::-1] if backwards else found
+
+    def active_mailouts(self, ended_since: float, limit: int = 20) -> list[dict[str, Any]]:
+        """Mailouts under way or paused, and those that ended since ``ended_since``,
+        newest first, with their progress: the dashboard's list."""
+        return self._mailout_list(f" WHERE m.status IN ({_marks(ACTIVE)}) OR m.finished_at >= ?",
+                                  [*ACTIVE, ended_since], "m.id DESC", limit)
+
+    def _mailout_list(self, where: str, params: list[Any], order: str,
+                      limit: int) -> list[dict[str, Any]]:
+        with self.transaction(write=False) as cur:
             rows = self.execute(cur, f"SELECT m.{', m.'.join(_MAILOUT_COLUMNS)}, t.name "
-                                     "FROM mailout m JOIN template t ON t.id = m.template_id "
-                                     "ORDER BY m.id DESC LIMIT ?", (limit,)).fetchall()
-        out = []
-        for row in rows:
-            mailout = _mailout(row[:-1])
-            mailout["template"] = row[-1]
-            out.append(mailout)
-        return out
+                                     "FROM mailout m JOIN template t ON t.id = m.template_id"
+                                     f"{where} ORDER BY {order} LIMIT ?",
+                                [*params, limit]).fetchall()
+            out = []
+            for row in rows:
+                mailout = _mailout(row[:-1])
+                mailout["template"] = row[-1]
+                out.append(mailout)
+            return self._with_progress(cur, out)
+
+    def _with_progress(self, cur: Any, mailouts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Add each mailout's ``outcomes`` (attempts by status, from the rollup),
+        ``total`` (recipients so far: queued by expansion or skipped) and ``done``
+        (those with a final outcome, skipped ones included)."""
+        outcomes: dict[int, dict[str, int]] = {}
+        for chunk in _chunks([m["id"] for m in mailouts]):
+            for mailout_id, status, n in self.execute(
+                    cur, "SELECT mailout_id, status, n FROM delivery_by_mailout WHERE "
+                         f"mailout_id IN ({_marks(chunk)})", chunk).fetchall():
+                outcomes.setdefault(mailout_id, {})[status] = int(n)
+        for mailout in mailouts:
+            skipped = mailout["skipped_unsubscribed"] + mailout["skipped_suppressed"]
+            mailout["outcomes"] = outcomes.get(mailout["id"], {})
+            mailout["total"] = mailout["expanded"] + skipped
+            # A bounce report for a message already sent counts twice: done <= total.
+            mailout["done"] = min(mailout["total"], skipped + sum(
+                mailout["outcomes"].get(status, 0) for status in DONE))
+        return mailouts
 
     def mailout(self, mailout_id: int) -> dict[str, Any]:
         """One mailout with its template and list names and its counters."""
@@ -203,23 +241,24 @@ class MailoutOps(ContactOps):
         total = queued by expansion + skipped; queued counts rows waiting
         (deferred ones included, also shown apart), sending rows in a
         child's hands, held rows of a paused mailout; sent, bounced,
-        expired, cancelled and deleted are final outcomes from the log.
+        expired, cancelled and deleted are final outcomes from the log (its
+        rollup delivery_by_mailout).
         """
         counts = dict.fromkeys(("total", "queued", "sending", "held", "deferred", "sent",
                                 "bounced", "expired", "cancelled", "deleted",
                                 "skipped_unsubscribed", "skipped_suppressed",
                                 "unsubscribed"), 0)
-        for state, retried, n in self.execute(
-                cur, "SELECT state, CASE WHEN attempts > 0 THEN 1 ELSE 0 END, COUNT(*) FROM "
-                     "notify WHERE mailout_id = ? GROUP BY state, CASE WHEN attempts > 0 "
-                     "THEN 1 ELSE 0 END", (mailout["id"],)).fetchall():
+        # Grouped in the order of index notify_mailout_state, which covers it.
+        for state, attempts, n in self.execute(
+                cur, "SELECT state, attempts, COUNT(*) FROM notify WHERE mailout_id = ? "
+                     "GROUP BY state, attempts", (mailout["id"],)).fetchall():
             counts[{"active": "sending"}.get(state, state)] += n
-            if state == "queued" and retried:
+            if state == "queued" and attempts:
                 counts["deferred"] += n
-        for status, n in self.execute(cur, "SELECT status, COUNT(*) FROM delivery WHERE "
-                                           "mailout_id = ? AND status <> 'deferred' "
-                                           "GROUP BY status", (mailout["id"],)).fetchall():
-            counts[status] = counts.get(status, 0) + n
+        for status, n in self.execute(cur, "SELECT status, n FROM delivery_by_mailout WHERE "
+                                           "mailout_id = ? AND status <> 'deferred'",
+                                      (mailout["id"],)).fetchall():
+            counts[status] = counts.get(status, 0) + int(n)
         for key in ("skipped_unsubscribed", "skipped_suppressed", "unsubscribed"):
             counts[key] = mailout[key]
         counts["total"] = (mailout["expanded"] + mailout["skipped_unsubscribed"]

@@ -182,16 +182,9 @@ class QueueOps(Backend):
         self._tally(cur, attempts, now)
 
     def _tally(self, cur: Any, attempts: Sequence[Attempt], now: float) -> None:
-        """Count the attempts into the log's rollups (schema.py), keys in sorted order
-        so that runners sharing a MariaDB lock the same rows in the same order."""
-        minute, day = int(now // 60 * 60), int(now // 86400 * 86400)
-        statuses = Counter(a.status for a in attempts)
-        domains = Counter((a.row.domain, a.status) for a in attempts)
-        self._add_counts(cur, "delivery_minute", ("minute", "status"),
-                         [(minute, s, n) for s, n in sorted(statuses.items())])
-        self._add_counts(cur, "delivery_domain_day", ("day", "domain", "status"),
-                         [(day, d, s, n) for (d, s), n in sorted(domains.items())])
-        self._add_counts(cur, "delivery_total", ("status",), sorted(statuses.items()))
+        """Count the attempts into the log's rollups (schema.py)."""
+        self._add_tallies(cur, now, Counter((a.row.domain, a.row.mailout_id, a.status)
+                                            for a in attempts))
 
     def _apply_verdicts(self, cur: Any, attempts: Sequence[Attempt], now: float) -> None:
         """What the attempts' bounce verdicts do to suppression (store/bounces.py)."""

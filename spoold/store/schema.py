@@ -60,6 +60,19 @@ Traffic shaping (migration 7; spoold/shaping.py):
                  paused_until, the reply that throttled it) -- spoold/shaping.py
     destination_slot  connections each runner holds per shaping key, under a
                  lease that its runner renews (a dead runner's run out)
+
+Migration 8 (the web UI's mailout pages):
+    delivery_by_mailout  attempts per mailout and status, kept like the other
+                         rollups (and by the removal of a cancelled mailout's
+                         rows): a mailout's counters and progress never count
+                         its log rows
+    notify_mailout_id    index on notify (mailout_id, id): the queue filtered
+                         by mailout, a page at a time
+    notify_mailout_state index on notify (mailout_id, state, attempts): covers
+                         counting a mailout's rows by state, so its page costs
+                         an index range, not a read of each row (a state
+                         change moves one more index entry: about 0.4 us a
+                         row on SQLite)
 """
 
 # Refills the rollups from the log: run by the migration that added them, and
@@ -75,6 +88,12 @@ ROLLUP_FILL = [
     "INSERT INTO delivery_total (status, n) SELECT status, COUNT(*) FROM delivery "
     "GROUP BY status",
 ]
+
+# Refills delivery_by_mailout from the log: migration 8 and ``rebuild_rollups``.
+MAILOUT_ROLLUP = "delivery_by_mailout"
+MAILOUT_ROLLUP_FILL = (
+    "INSERT INTO delivery_by_mailout (mailout_id, status, n) SELECT mailout_id, status, "
+    "COUNT(*) FROM delivery WHERE mailout_id IS NOT NULL GROUP BY mailout_id, status")
 
 MIGRATIONS: list[list[str | dict[str, str]]] = [
     [
@@ -352,6 +371,17 @@ MIGRATIONS: list[list[str | dict[str, str]]] = [
             lease_until {real} NOT NULL,
             PRIMARY KEY (name, owner)
         ){table}""",
+    ],
+    [
+        """CREATE TABLE delivery_by_mailout (
+            mailout_id BIGINT NOT NULL,
+            status VARCHAR(10) NOT NULL,
+            n BIGINT NOT NULL,
+            PRIMARY KEY (mailout_id, status)
+        ){table}""",
+        MAILOUT_ROLLUP_FILL,
+        "CREATE INDEX notify_mailout_id ON notify (mailout_id, id)",
+        "CREATE INDEX notify_mailout_state ON notify (mailout_id, state, attempts)",
     ],
 ]
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from spoold.store.base import Backend
-from spoold.store.schema import ROLLUP_FILL, ROLLUPS
+from spoold.store.schema import MAILOUT_ROLLUP, MAILOUT_ROLLUP_FILL, ROLLUP_FILL, ROLLUPS
 
 # Outcomes that are not a delivery: the last of them per domain is its "last error".
 _TROUBLE = ("deferred", "bounced", "expired")
@@ -80,7 +80,7 @@ class StatsOps(Backend):
     def rebuild_rollups(self) -> None:
         """Recount the rollups from the delivery log (after filling the log by hand)."""
         with self.transaction() as cur:
-            for table in ROLLUPS:
+            for table in (*ROLLUPS, MAILOUT_ROLLUP):
                 self.execute(cur, f"DELETE FROM {table}")
-            for statement in ROLLUP_FILL:
+            for statement in (*ROLLUP_FILL, MAILOUT_ROLLUP_FILL):
                 self.execute(cur, statement)
