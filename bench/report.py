@@ -54,7 +54,7 @@ class Target:
     name: str
     wanted: str
     measure: Callable[[dict[str, Results]], float]
-    met: Callable[[float], bool]
+    met: Callable[[float], bool] | None  # None: a figure shown beside the targets
 
 
 def _ratio(scenario: str, metric: str, a: str, b: str) -> Callable[[dict[str, Results]], float]:
@@ -100,8 +100,10 @@ TARGETS = [
     Target("claim alone 1M/10k", "<= 1.2", _growth_ratio("claim_us_per_msg"),
            lambda v: v <= 1.2),
     Target("runner peak RSS (MB)", "<= 80", _peak_rss, lambda v: v <= 80),
-    Target("fan-out reuse/max_use=1", ">= 10", _ratio("fanout", "rate", "reuse", "max_use=1"),
+    Target("fan-out reuse/seed model", ">= 10", _ratio("fanout", "rate", "reuse", "seed model"),
            lambda v: v >= 10),
+    Target("fan-out reuse/max_use=1", "(shown)", _ratio("fanout", "rate", "reuse", "max_use=1"),
+           None),
     Target("CPU per 1000 msgs spoold/Postfix", "<= 1.0",
            _ratio("throughput", "cpu_per_1000", "spoold", "postfix"), lambda v: v <= 1.0),
 ]
@@ -114,8 +116,8 @@ def targets(all_results: dict[str, Results]) -> list[list[str]]:
             value = target.measure(all_results)
         except (KeyError, ValueError, statistics.StatisticsError, ZeroDivisionError):
             continue  # its scenario was not run
-        rows.append([target.name, target.wanted, f"{value:,.2f}",
-                     "met" if target.met(value) else "NOT met"])
+        verdict = "" if target.met is None else "met" if target.met(value) else "NOT met"
+        rows.append([target.name, target.wanted, f"{value:,.2f}", verdict])
     return rows
 
 
@@ -174,7 +176,8 @@ def draw_chart(path: Path, all_results: dict[str, Results]) -> Path | None:
         mids = [median(v) for v in values]
         errors = [[m - min(v) for m, v in zip(mids, values)],
                   [max(v) - m for m, v in zip(mids, values)]]
-        ax.bar(names, mids, yerr=errors, capsize=4, color=["#2b7bba", "#d9822b"][:len(names)])
+        ax.bar(names, mids, yerr=errors, capsize=4,
+               color=["#2b7bba", "#d9822b", "#5aa469"][:len(names)])
         ax.set_title(title, fontsize=9)
         ax.tick_params(labelsize=8)
     fig.tight_layout()

@@ -5,7 +5,7 @@
     3 ceiling      smtp-source straight into the sinks, no spooler
     4 pickup       one message to an idle daemon until a sink has it
     5 growth       claim + dispatch cost with 10k vs 1M rows queued
-    6 fanout       spoold with one process per mail vs reused children
+    6 fanout       the seed mailer's process per mail, spoold's fork per mail, reuse
 
 Each function returns ``{system: [figures of each run]}``; report.py turns
 them into medians, ranges and ratios.  Times are wall-clock from the first
@@ -29,7 +29,7 @@ from bench import net
 from bench.postfix import Postfix
 from bench.inject import SENDER
 from bench.procs import Procs, children_pss_mb, peak_rss_mb
-from bench.spool import Spoold
+from bench.spool import SeedMailer, Spoold
 from spoold import config as config_mod
 from spoold.enqueue import enqueue
 from spoold.fakenet import DNSServer
@@ -87,11 +87,11 @@ class Setting:
             self.slow[delay] = net.SlowSinks(self.procs, self.sinks, port, delay)
         return self.slow[delay]
 
-    def spoold(self, port: int, **runner: Any) -> Spoold:
+    def spoold(self, port: int, kind: type[Spoold] = Spoold, **runner: Any) -> Spoold:
         settings = {"max_children": self.children,
                     "destination_concurrency": self.destination_concurrency, **runner}
         assert self.dns is not None
-        return Spoold(self.procs, self.work, self.dns, port, **settings)
+        return kind(self.procs, self.work, self.dns, port, **settings)
 
     def postfix(self, port: int) -> Postfix:
         transport = {d: f"[{net.host_for(i, self.sinks)}]:{port}"
@@ -370,11 +370,13 @@ def _watch_pool(pid: int, accepted: Callable[[], int], target: int, deadline: fl
     return most, pss
 
 
-def fanout(setting: Setting, messages: int = 400) -> Results:
-    """spoold alone: one process per mail (the seed mailer's model) against reuse."""
+def fanout(setting: Setting, messages: int = 600) -> Results:
+    """Process models over one queue: the seed mailer's fresh process per mail, spoold's
+    forked child per mail (max_use = 1), and spoold's reused children."""
     assert setting.fleet is not None
     fleet = setting.fleet
     systems: dict[str, Spooler] = {
+        "seed model": setting.spoold(FLEET_PORT, SeedMailer),
         "max_use=1": setting.spoold(FLEET_PORT, max_use=1, job_size=1),
         "reuse": setting.spoold(FLEET_PORT)}
 

@@ -107,6 +107,18 @@ class Spoold:
         return cpu
 
 
+class SeedMailer(Spoold):
+    """The same queue and delivery agent run the seed mailer's way: a fresh process per
+    mail (bench/seedmailer.py), the baseline of the fan-out scenario."""
+
+    def start(self) -> None:
+        env = {**os.environ, "SPOOLD_CONFIG": str(self.config_path)}
+        proc = self.procs.start([sys.executable, "-m", "bench.seedmailer",
+                                 str(self.config_path)], log=self.work / "seedmailer.log",
+                                env=env)
+        self.pid = proc.pid
+
+
 def version() -> str:
     from importlib.metadata import version as dist_version
     return dist_version("spoold")
