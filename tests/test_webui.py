@@ -312,7 +312,12 @@ def test_metrics_report_queue_log_and_runners(make_ui):
     ui = make_ui()
     _enqueue(ui, 4)
     _record(ui, [("sent", "250 ok"), ("bounced", "550 no")])
-    ui.store.heartbeat("h:1", "h", 4242, time.time() - 30, 3, 8)
+    from spoold.stats import RunnerStats
+
+    stats = RunnerStats()
+    stats.claimed_rows([], 0.003, 0.0)  # one claim in the 0.005 s bucket
+    stats.wrote(0.2)  # one write in the 0.5 s bucket
+    ui.store.heartbeat("h:1", "h", 4242, time.time() - 30, 3, 8, stats.figures(2, 0, 0))
     from spoold.passwords import token_digest
 
     ui.store.add_token("vic", token_digest("spoold_metrics"))
@@ -327,7 +332,17 @@ def test_metrics_report_queue_log_and_runners(make_ui):
                  'spoold_runner_up{host="h",owner="h:1"} 1.0',
                  'spoold_runner_children{host="h",owner="h:1"} 3.0',
                  'spoold_runner_max_children{host="h",owner="h:1"} 8.0',
-                 'spoold_runner_pid{host="h",owner="h:1"} 4242.0'):
+                 'spoold_runner_pid{host="h",owner="h:1"} 4242.0',
+                 'spoold_runner_busy_children{host="h",owner="h:1"} 2.0',
+                 'spoold_deliveries_by_dsn_total{dsn_class="5.0"} 2.0',
+                 'spoold_domain_attempts_today{domain="example.test",status="sent"} 1.0',
+                 'spoold_domain_attempts_today{domain="example.test",status="bounced"} 1.0',
+                 'spoold_runner_claim_latency_seconds_bucket{host="h",le="0.001",owner="h:1"} 0.0',
+                 'spoold_runner_claim_latency_seconds_bucket{host="h",le="0.005",owner="h:1"} 1.0',
+                 'spoold_runner_claim_latency_seconds_count{host="h",owner="h:1"} 1.0',
+                 'spoold_runner_write_latency_seconds_bucket{host="h",le="0.1",owner="h:1"} 0.0',
+                 'spoold_runner_write_latency_seconds_bucket{host="h",le="+Inf",owner="h:1"} 1.0',
+                 'spoold_runner_write_latency_seconds_sum{host="h",owner="h:1"} 0.2'):
         assert line in text, line
     public = make_ui(metrics_public=True)
     assert public.app.test_client().get("/metrics").status_code == 200

@@ -20,13 +20,18 @@ token NAME``); enqueueing needs an admin's token.  Errors are JSON
     GET  /healthz             200 {"status": "ok"} when the database answers, else 503
 
 /metrics is built at each scrape by a collector reading the store: queue rows
-by state, deferred rows, attempts by status since the log began (counters),
-and per runner: up, heartbeat age, and every numeric column of its heartbeat
-row as ``spoold_runner_<column>`` (children, max_children, ...).
+by state, deferred rows, attempts by status and by DSN class ("5.1", "4.4",
+"5.7" ...) since the log began (counters), today's top destination domains
+with their attempts by status, and per runner: up, heartbeat age, every
+numeric column of its heartbeat row as ``spoold_runner_<column>``
+(children, busy_children, max_children, backlog, ...), and its claim,
+dispatch and write latencies as histograms
+(``spoold_runner_<kind>_latency_seconds``).
 """
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Iterator
@@ -35,7 +40,8 @@ from typing import Any
 from flask import Blueprint, Response, abort, current_app, g, jsonify, request
 from flask.blueprints import BlueprintSetupState
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
+                                   HistogramMetricFamily, Metric)
 
 from spoold.enqueue import enqueue
 from spoold.errors import NotFound, SpooldError, StoreError
@@ -195,7 +201,27 @@ class StoreCollector:
         for status, n in sorted(db.delivery_totals().items()):
             attempts.add_metric([status], n)
         yield attempts
+        classes = CounterMetricFamily("spoold_deliveries_by_dsn", "Delivery attempts logged, "
+                                      "by the class and subject of their DSN.",
+                                      labels=["dsn_class"])
+        for dsn_class, n in sorted(db.dsn_totals().items()):
+            classes.add_metric([dsn_class], n)
+        yield classes
+        yield _top_domains(db.top_domains(time.time(), TOP_DOMAINS))
         yield from _runner_metrics(db.runner_rows(), settings().webui.heartbeat_timeout)
+
+
+TOP_DOMAINS = 10
+
+
+def _top_domains(domains: list[dict[str, Any]]) -> Metric:
+    family = GaugeMetricFamily("spoold_domain_attempts_today",
+                               f"Attempts today (UTC) to the {TOP_DOMAINS} busiest destination "
+                               "domains, by status.", labels=["domain", "status"])
+    for entry in domains:
+        for status in ("sent", "deferred", "bounced", "expired"):
+            family.add_metric([entry["domain"], status], entry[status])
+    return family
 
 
 def _runner_metrics(rows: list[dict[str, Any]], timeout: float) -> Iterator[Metric]:
@@ -207,11 +233,17 @@ def _runner_metrics(rows: list[dict[str, Any]], timeout: float) -> Iterator[Metr
                                            "Seconds since the runner's last heartbeat.",
                                            labels=list(_LABELS)),
     }
+    latencies = {kind: HistogramMetricFamily(
+        f"spoold_runner_{kind}_latency_seconds", text, labels=list(_LABELS))
+        for kind, text in (("claim", "Seconds a claim of due rows took."),
+                           ("dispatch", "Seconds from a row's claim to its job."),
+                           ("write", "Seconds a batch of results took to commit."))}
     for row in rows:
         status = runner_status(row, now, timeout)
         labels = [str(row.get(label, "")) for label in _LABELS]
         families["up"].add_metric(labels, 1 if status["up"] else 0)
         families["heartbeat_age"].add_metric(labels, status["heartbeat_age"])
+        _add_latencies(latencies, labels, row)
         for column, value in row.items():
             numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
             if column in _LABELS or not numeric:
@@ -222,6 +254,24 @@ def _runner_metrics(rows: list[dict[str, Any]], timeout: float) -> Iterator[Metr
                     name, f"The runner's heartbeat row: {column}.", labels=list(_LABELS))
             families[column].add_metric(labels, value)
     yield from families.values()
+    yield from latencies.values()
+
+
+def _add_latencies(latencies: dict[str, HistogramMetricFamily], labels: list[str],
+                   row: dict[str, Any]) -> None:
+    """The heartbeat's latency_buckets (spoold/stats.py: bounds and cumulative counts
+    per kind) with its counts and sums, as one histogram per kind."""
+    buckets = json.loads(row.get("latency_buckets") or "{}")
+    bounds = buckets.get("bounds", [])
+    totals = {"claim": ("claims", "claim_seconds"), "dispatch": ("dispatched",
+              "dispatch_seconds"), "write": ("writes", "write_seconds")}
+    for kind, family in latencies.items():
+        counts = buckets.get(kind)
+        if not counts:
+            continue
+        count, total = (row.get(column) or 0 for column in totals[kind])
+        family.add_metric(labels, [*((str(bound), n) for bound, n in zip(bounds, counts)),
+                                   ("+Inf", count)], sum_value=total)
 
 
 @bp.record_once

@@ -23,6 +23,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from spoold.store.base import (_ROW_COLUMNS, FINAL, PRIORITIES, Attempt, Backend, QueueRow,
                                _chunks, _marks)
+from spoold.store.schema import DSN_ROLLUP
 
 #: Heartbeat columns beyond pid and children (schema migration 2): gauges of the
 #: moment, then counters and latency sums since started_at, then the latency
@@ -185,6 +186,8 @@ class QueueOps(Backend):
         """Count the attempts into the log's rollups (schema.py)."""
         self._add_tallies(cur, now, Counter((a.row.domain, a.row.mailout_id, a.status)
                                             for a in attempts))
+        classes = Counter(a.dsn[:3] for a in attempts if a.dsn)
+        self._add_counts(cur, DSN_ROLLUP, ("dsn_class",), sorted(classes.items()))
 
     def _apply_verdicts(self, cur: Any, attempts: Sequence[Attempt], now: float) -> None:
         """What the attempts' bounce verdicts do to suppression (store/bounces.py)."""

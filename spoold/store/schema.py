@@ -61,6 +61,10 @@ Traffic shaping (migration 7; spoold/shaping.py):
     destination_slot  connections each runner holds per shaping key, under a
                  lease that its runner renews (a dead runner's run out)
 
+Migration 9: delivery_dsn_total, logged attempts by the class and subject of
+their enhanced status code ("5.1", "4.4", "5.7" ...), kept like the other
+rollups: /metrics' deliveries by DSN class.
+
 Migration 8 (the web UI's mailout pages):
     delivery_by_mailout  attempts per mailout and status, kept like the other
                          rollups (and by the removal of a cancelled mailout's
@@ -94,6 +98,14 @@ MAILOUT_ROLLUP = "delivery_by_mailout"
 MAILOUT_ROLLUP_FILL = (
     "INSERT INTO delivery_by_mailout (mailout_id, status, n) SELECT mailout_id, status, "
     "COUNT(*) FROM delivery WHERE mailout_id IS NOT NULL GROUP BY mailout_id, status")
+
+# Refills delivery_dsn_total from the log: migration 9 and ``rebuild_rollups``.
+# The class is the enhanced status code's class and subject ("5.1" of 5.1.1):
+# address, mailbox, system, network, protocol, content or policy trouble.
+DSN_ROLLUP = "delivery_dsn_total"
+DSN_ROLLUP_FILL = (
+    "INSERT INTO delivery_dsn_total (dsn_class, n) SELECT SUBSTR(dsn, 1, 3), COUNT(*) "
+    "FROM delivery WHERE dsn IS NOT NULL AND dsn <> '' GROUP BY SUBSTR(dsn, 1, 3)")
 
 MIGRATIONS: list[list[str | dict[str, str]]] = [
     [
@@ -382,6 +394,13 @@ MIGRATIONS: list[list[str | dict[str, str]]] = [
         MAILOUT_ROLLUP_FILL,
         "CREATE INDEX notify_mailout_id ON notify (mailout_id, id)",
         "CREATE INDEX notify_mailout_state ON notify (mailout_id, state, attempts)",
+    ],
+    [
+        """CREATE TABLE delivery_dsn_total (
+            dsn_class VARCHAR(8) NOT NULL PRIMARY KEY,
+            n BIGINT NOT NULL
+        ){table}""",
+        DSN_ROLLUP_FILL,
     ],
 ]
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 from typing import Any
 
 from spoold.store.base import Backend
-from spoold.store.schema import MAILOUT_ROLLUP, MAILOUT_ROLLUP_FILL, ROLLUP_FILL, ROLLUPS
+from spoold.store.schema import (DSN_ROLLUP, DSN_ROLLUP_FILL, MAILOUT_ROLLUP,
+                                 MAILOUT_ROLLUP_FILL, ROLLUP_FILL, ROLLUPS)
 
 # Outcomes that are not a delivery: the last of them per domain is its "last error".
 _TROUBLE = ("deferred", "bounced", "expired")
@@ -26,6 +27,13 @@ class StatsOps(Backend):
         with self.transaction(write=False) as cur:
             rows = self.execute(cur, "SELECT status, n FROM delivery_total").fetchall()
         return {status: int(n) for status, n in rows}
+
+    def dsn_totals(self) -> dict[str, int]:
+        """Attempts by the class and subject of their DSN ("5.1", "4.4" ...) since the
+        log began."""
+        with self.transaction(write=False) as cur:
+            rows = self.execute(cur, "SELECT dsn_class, n FROM delivery_dsn_total").fetchall()
+        return {dsn_class: int(n) for dsn_class, n in rows}
 
     def delivery_series(self, since: float, step: int = 3600) -> list[tuple[int, str, int]]:
         """(bucket start, status, attempts) in buckets of ``step`` seconds (a multiple
@@ -80,7 +88,7 @@ class StatsOps(Backend):
     def rebuild_rollups(self) -> None:
         """Recount the rollups from the delivery log (after filling the log by hand)."""
         with self.transaction() as cur:
-            for table in (*ROLLUPS, MAILOUT_ROLLUP):
+            for table in (*ROLLUPS, MAILOUT_ROLLUP, DSN_ROLLUP):
                 self.execute(cur, f"DELETE FROM {table}")
-            for statement in (*ROLLUP_FILL, MAILOUT_ROLLUP_FILL):
+            for statement in (*ROLLUP_FILL, MAILOUT_ROLLUP_FILL, DSN_ROLLUP_FILL):
                 self.execute(cur, statement)
