@@ -39,6 +39,7 @@ from pathlib import Path
 from spoold import config as config_mod
 from spoold.enqueue import enqueue
 from spoold.fakenet import Behaviour, World
+from spoold.fakenet.nameserver import free_tcp_port
 from spoold.passwords import hash_password
 from spoold.poke import poke
 from spoold.store import store_for
@@ -106,6 +107,9 @@ def build_world(domains: int) -> tuple[World, dict[str, str]]:
 
 def write_demo_config(path: Path, world: World, work: Path, max_use: int,
                       max_children: int, job_size: int) -> config_mod.Config:
+    """Settings for the demo; the web UI on a free loopback port serves the unsubscribe
+    links of the demo's mailout."""
+    ui_port = free_tcp_port("127.0.0.1")
     path.write_text(config_mod.dump({
         "database": {"url": f"sqlite://{work / 'spool.db'}"},
         "runner": {"run_dir": str(work / "run"), "max_children": max_children,
@@ -114,6 +118,8 @@ def write_demo_config(path: Path, world: World, work: Path, max_use: int,
         "smtp": {"port": world.port, "helo_name": "demo.spoold.test", "tls": "none",
                  "connect_timeout": 2},
         "dns": {"nameservers": world.nameservers, "port": world.dns.port, "timeout": 3},
+        "webui": {"port": ui_port},
+        "mailout": {"unsubscribe_url": f"http://127.0.0.1:{ui_port}/unsubscribe/{{token}}"},
         "log": {"format": "kv"},
     }))
     return config_mod.load(path)
@@ -181,7 +187,7 @@ def run_mailout(config: config_mod.Config, fate: dict[str, str],
 
 def _start_webui(config: config_mod.Config, env: dict[str, str],
                  work: Path) -> tuple[subprocess.Popen, str, str]:
-    """The web UI on a free loopback port, with a fresh admin "demo": (process, URL, password)."""
+    """The web UI on its port, with a fresh admin "demo": (process, URL, password)."""
     password = secrets.token_urlsafe(9)
     store = store_for(config)
     try:
@@ -190,8 +196,8 @@ def _start_webui(config: config_mod.Config, env: dict[str, str],
         store.close()
     log_path = work / "webui.log"
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "webui", "--port", "0"], env=env,
-                                stdout=log, stderr=log)
+        proc = subprocess.Popen([sys.executable, "-m", "webui"], env=env, stdout=log,
+                                stderr=log)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         match = re.search(r"webui_listening url=(\S+)", log_path.read_text())
