@@ -231,7 +231,8 @@ class ChaosSpool:
         return self.proc is not None and self.proc.poll() is None
 
     def kill(self) -> None:
-        """kill -9 the runner (its children die with it: PR_SET_PDEATHSIG)."""
+        """kill -9 the runner (its children die with it, PR_SET_PDEATHSIG; one
+        waiting for the reply to a final dot reads and journals it first)."""
         if self.running():
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait()

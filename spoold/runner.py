@@ -200,8 +200,13 @@ class Runner:
         if lock.previous_pid:
             self.log.warning("stale_lock", previous_pid=lock.previous_pid, action="taken over")
         try:
+            self.pool.start()  # an exec, meanwhile the database opens
             self.store = store_for(self.config)
             self.journal = ResultJournal(run_dir)
+            if not self.journal.take():
+                self.log.warning("journal_busy", path=str(self.journal.children_path),
+                                 note="children of the previous runner still running; "
+                                      "what they journal from now on is not replayed")
             self.pool.journal = self.journal.children_fd
             self._replay_journal()
             released = self.store.release_owner(self.owner)
@@ -713,6 +718,7 @@ class Runner:
         for child in list(self.pool.children.values()):
             self._retire(child)
         self._wait_children()
+        self.pool.close()
         self._final_flush()
         try:
             self.store.forget_runner(self.owner)
