@@ -133,7 +133,10 @@ def runner_kill(run: Run, count: int) -> Tally:
         spool.kill()
         run.tally.kill()
         spool.start()
-    return run.finish(600)
+    tally = run.finish(600)
+    tally.notes.append(f"restarts waited {spool.event_sum('journal_waited', 'waited'):.1f} s "
+                       "in all for orphaned children's last replies")
+    return tally
 
 
 def _strike_children(run: Run, spool: ChaosSpool, count: int, strikes: int,

@@ -29,10 +29,13 @@ and journals it (see there).  The next runner must not replay before those
 lines are in: each runner takes an exclusive flock(2) on its
 children.journal, and its children share that open file (fd 3), so the
 lock lives on, after the runner's death, until its last child has exited;
-``take()`` waits for it (ORPHANS_WAIT at most).  What remains of the
-window is a child killed with SIGKILL between its read of the 250 and its
-write to the journal, lines written between a commit and the emptying that
-follows it, an orphan that outlived ORPHANS_WAIT, and a machine crash.
+``take()`` waits for it (ORPHANS_WAIT at most; the runner logs
+journal_waited when it took a tenth of a second or more).  What remains of
+the window is a child killed with SIGKILL between its read of the 250 and
+its write to the journal, a line a child journalled during a commit that
+the runner had not yet read from its pipe when it emptied the journal
+after that commit, an orphan that outlived ORPHANS_WAIT, and a machine
+crash.
 """
 
 from __future__ import annotations

@@ -203,10 +203,7 @@ class Runner:
             self.pool.start()  # an exec, meanwhile the database opens
             self.store = store_for(self.config)
             self.journal = ResultJournal(run_dir)
-            if not self.journal.take():
-                self.log.warning("journal_busy", path=str(self.journal.children_path),
-                                 note="children of the previous runner still running; "
-                                      "what they journal from now on is not replayed")
+            self._take_journal()
             self.pool.journal = self.journal.children_fd
             self._replay_journal()
             released = self.store.release_owner(self.owner)
@@ -227,6 +224,19 @@ class Runner:
         finally:
             self._restore_signals()
             lock.release()
+
+    def _take_journal(self) -> None:
+        """Wait for the children of our previous life to journal their last replies."""
+        started = time.monotonic()
+        taken = self.journal.take()
+        waited = round(time.monotonic() - started, 3)
+        if not taken:
+            self.log.warning("journal_busy", path=str(self.journal.children_path), waited=waited,
+                             note="children of the previous runner still running; "
+                                  "what they journal from now on is not replayed")
+        elif waited >= 0.1:
+            self.log.info("journal_waited", waited=waited, note="for the children of the "
+                          "previous runner to journal the replies to their final dots")
 
     def _replay_journal(self) -> None:
         """Commit what a previous life of this runner heard but did not write."""
