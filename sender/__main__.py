@@ -305,9 +305,8 @@ class _Child:
             self._sessions.close()
 
 
-def main(parent: int | None = None, adopted_from: int = 0) -> int:
-    """Serve jobs.  A child of sender.zygote is adopted by the runner,
-    ``parent``, once the intermediate process ``adopted_from`` has exited."""
+def main(parent: int | None = None) -> int:
+    """Serve jobs for ``parent`` (by default the parent process): die with it."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     parent = os.getppid() if parent is None else parent
@@ -321,7 +320,7 @@ def main(parent: int | None = None, adopted_from: int = 0) -> int:
     except ProtocolError as exc:
         output.line(protocol.encode_error(str(exc)))
         return EX_CONFIG
-    lifeline.arm(parent, journal=config.journal_fd >= 0, adopted_from=adopted_from)
+    lifeline.arm(parent, journal=config.journal_fd >= 0)
     config.helo_name = config.helo_name or socket.getfqdn()
     output.journal_fd = config.journal_fd
     child = _Child(config, output)

@@ -22,12 +22,10 @@ import contextlib
 import ctypes
 import os
 import signal
-import time
 from collections.abc import Iterator
 
 ORPHAN_GRACE = 5.0
 _PR_SET_PDEATHSIG = 1
-_ADOPTION = 5.0  # seconds an exiting intermediate process may take
 
 _journal = False  # whether results outlive this process (the runner gave a journal)
 _window = 0  # > 0 between a final dot and the results for its reply
@@ -39,19 +37,14 @@ def prctl(option: int, value: int) -> None:
         raise OSError(ctypes.get_errno(), f"prctl({option}, {value})")
 
 
-def arm(parent: int, journal: bool, adopted_from: int = 0) -> None:
+def arm(parent: int, journal: bool) -> None:
     """Die with ``parent`` (SIGTERM, handled as above); exit now if it is gone already.
 
     ``journal``: results are written to the runner's journal too, so a
     child told to stop in a final dot's window finishes reading its reply.
-    ``adopted_from``: the process that forked us and is exiting, after
-    which ``parent`` adopts us (sender.zygote); we wait for that first.
     """
     global _journal
     _journal = journal
-    deadline = time.monotonic() + _ADOPTION
-    while adopted_from and os.getppid() == adopted_from and time.monotonic() < deadline:
-        time.sleep(0.0005)
     signal.signal(signal.SIGTERM, _on_term)
     prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
     if os.getppid() != parent:

@@ -17,17 +17,20 @@ DESCRIPTION
     the runner, down the child's own pipe (its config line, then jobs).
 
     Its stdin is a UNIX SOCK_SEQPACKET socket to the runner.  Each request
-    is the datagram "spawn" carrying, as SCM_RIGHTS, the child's stdin and
-    stdout (pipe ends the runner made) and optionally the runner's
-    children.journal (spoold/journal.py).  The answer is the child's pid in
-    ASCII, or "error: TEXT".  The child is a grandchild: the zygote forks
-    an intermediate process that forks the child and exits at once, so
-    that the child is re-parented to the runner, which is a child subreaper
+    is the datagram "spawn" carrying, as SCM_RIGHTS, the stdin and stdout of
+    one or more children (pipe ends the runner made; ZYGOTE_BATCH children
+    at most) and optionally, last, the runner's children.journal
+    (spoold/journal.py).  The answer is the children's pids in ASCII,
+    separated by spaces, in the order of their pipes (fewer if a fork
+    failed), or "error: TEXT".  Each child is a grandchild: the zygote
+    forks an intermediate process that forks the children and exits, so
+    that they are re-parented to the runner, a child subreaper
     (PR_SET_CHILD_SUBREAPER): the runner reaps its children and reads
-    their exit status itself, signals a pid that cannot have been recycled
+    their exit status itself, signals pids that cannot have been recycled
     under it, and a child dies with the runner (PR_SET_PDEATHSIG, see
-    sender.lifeline), not with the zygote.  The answer is sent once the
-    intermediate process has exited, when the child's parent is the runner.
+    sender.lifeline), not with the zygote; a child waits for that adoption
+    before it serves.  A batch costs one intermediate process: the runner
+    asks for as many children as it has destinations waiting.
 
     The zygote ignores SIGINT and SIGHUP (they are the runner's), and exits
     when the runner closes the socket or dies (PR_SET_PDEATHSIG, SIGKILL).
@@ -46,6 +49,7 @@ import os
 import signal
 import socket
 import sys
+import time
 import traceback
 from typing import NoReturn
 
@@ -59,17 +63,17 @@ import sender.render
 import sender.signing  # (dkimpy, cryptography: 30 ms a child that signs would pay)
 import sender.tlspolicy
 from sender.lifeline import prctl
-from sender.protocol import JOURNAL_FD, ZYGOTE_SPAWN
+from sender.protocol import JOURNAL_FD, ZYGOTE_BATCH, ZYGOTE_SPAWN
 
 TITLE = "spoold zygote"
 _PR_SET_PDEATHSIG = 1
 _EX_SOFTWARE = 70
 
 
-def _become_sender(stdin: int, stdout: int, journal: int, runner: int, middle: int
+def _become_sender(stdin: int, stdout: int, journal: int, runner: int, adoption: int
                    ) -> NoReturn:
-    """In the child of the intermediate process ``middle``: its pipes as fds 0
-    and 1, the journal as fd 3, then serve jobs."""
+    """In a child of the intermediate process: its pipes as fds 0 and 1, the journal
+    as fd 3; once adopted by the runner, serve jobs."""
     code = _EX_SOFTWARE
     try:
         os.dup2(stdin, 0)
@@ -78,10 +82,11 @@ def _become_sender(stdin: int, stdout: int, journal: int, runner: int, middle: i
         if journal >= 0:
             os.dup2(journal, JOURNAL_FD)  # SenderConfig.journal_fd says so
             keep = JOURNAL_FD + 1
+        _await_adoption(adoption, runner)
         os.closerange(keep, os.sysconf("SC_OPEN_MAX"))  # the zygote's socket and pipes
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         setproctitle.setproctitle(sender.TITLE)
-        code = sender.__main__.main(parent=runner, adopted_from=middle)
+        code = sender.__main__.main(parent=runner)
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else _EX_SOFTWARE
     except BaseException:
@@ -91,11 +96,24 @@ def _become_sender(stdin: int, stdout: int, journal: int, runner: int, middle: i
         os._exit(code)
 
 
+def _await_adoption(adoption: int, runner: int) -> None:
+    """Wait, without spinning, until the intermediate process has exited: EOF on
+    ``adoption``, a pipe only it writes to; then for the re-parenting that
+    follows its exit by microseconds.  (sender.lifeline exits if the runner,
+    not the intermediate, is gone by then.)"""
+    os.read(adoption, 1)
+    deadline = time.monotonic() + 1.0
+    while os.getppid() not in (runner, 1) and time.monotonic() < deadline:
+        time.sleep(0.0001)
+
+
 def _spawn(fds: list[int], runner: int) -> bytes:
-    """Fork a child on ``fds`` (stdin, stdout[, journal]) through an intermediate
-    process; the answer for the runner."""
-    if len(fds) not in (2, 3):
-        return b"error: a spawn request carries 2 or 3 file descriptors, not %d" % len(fds)
+    """Fork a child on each pair of ``fds`` (stdin, stdout, ...[, journal]) through
+    one intermediate process; the answer for the runner."""
+    pairs = [fds[i:i + 2] for i in range(0, len(fds) - 1, 2)]
+    journal = fds[-1] if len(fds) % 2 else -1
+    if not pairs:
+        return b"error: a spawn request carries a stdin and a stdout per child"
     report_r, report_w = os.pipe()
     try:
         middle = os.fork()
@@ -105,24 +123,24 @@ def _spawn(fds: list[int], runner: int) -> bytes:
         return f"error: fork: {exc}".encode()
     if middle == 0:
         os.close(report_r)
+        adoption, adopted = os.pipe()  # EOF for the children when we have exited
+        born = []
         try:
-            middle = os.getpid()
-            pid = os.fork()
-            if pid == 0:
-                os.close(report_w)
-                _become_sender(fds[0], fds[1], fds[2] if len(fds) == 3 else -1, runner, middle)
-            os.write(report_w, str(pid).encode())
-        except OSError as exc:
-            os.write(report_w, f"error: fork: {exc}".encode())
+            for stdin, stdout in pairs:
+                pid = os.fork()
+                if pid == 0:
+                    os.close(report_w)
+                    os.close(adopted)
+                    _become_sender(stdin, stdout, journal, runner, adoption)
+                born.append(str(pid))
+            answer = " ".join(born)
+        except OSError as exc:  # the children forked so far are answered, in order
+            answer = " ".join(born) or f"error: fork: {exc}"
+        os.write(report_w, answer.encode())
         os._exit(0)
     os.close(report_w)
-    try:
-        # One write; not waiting for the intermediate process to exit saves a
-        # millisecond: the child waits for its adoption by the runner itself.
-        answer = os.read(report_r, 256)
-    finally:
-        os.close(report_r)
-    return answer or b"error: the intermediate process died"
+    with open(report_r, "rb") as report:
+        return report.read() or b"error: the intermediate process died"
 
 
 def _reap() -> None:
@@ -136,7 +154,7 @@ def _reap() -> None:
 def serve(control: socket.socket, runner: int) -> int:
     """Answer spawn requests until the runner closes ``control``."""
     while True:
-        message, fds, _, _ = socket.recv_fds(control, 64, 3)
+        message, fds, _, _ = socket.recv_fds(control, 64, 2 * ZYGOTE_BATCH + 1)
         try:
             if not message and not fds:
                 return 0

@@ -1,9 +1,12 @@
 """Sender children: their birth, their pipes and their death (Postfix master_spawn).
 
-``Pool.spawn()`` makes a pipe for a sender child's stdin and one for its
-stdout (both non-blocking on our side) and has sender.zygote fork the child
-on them, with the runner's children.journal as its fd 3 (spoold/journal.py);
-then it queues the sender configuration as the child's first line.  The
+``Pool.spawn(count)`` makes a pipe for each new sender child's stdin and one
+for its stdout (both non-blocking on our side) and has sender.zygote fork
+the children on them, with the runner's children.journal as their fd 3
+(spoold/journal.py); then it queues the sender configuration as each
+child's first line.  The first child is the caller's; the others join the
+idle ones (a batch, when many destinations wait at once, costs one round
+trip to the zygote).  The
 zygote is a fresh interpreter (an exec, started by ``Pool.start()``) that
 has imported the sender's modules and never sees the runner's settings or
 database: a child costs a fork of that small process, not a Python
@@ -31,11 +34,12 @@ import time
 from dataclasses import dataclass, field, replace
 
 from sender.lifeline import prctl
-from sender.protocol import JOURNAL_FD, ZYGOTE_SPAWN, SenderConfig, encode_config
+from sender.protocol import (JOURNAL_FD, ZYGOTE_BATCH, ZYGOTE_SPAWN, SenderConfig,
+                             encode_config)
 from spoold.log import get_logger
 from spoold.store import QueueRow
 
-ZYGOTE_RESTART = 5.0
+ZYGOTE_RESTART = 1.0  # seconds between two starts of the zygote, at least
 _ZYGOTE_WAIT = 30.0  # for an answer, the first one included (the zygote's start-up)
 _PR_SET_CHILD_SUBREAPER = 36
 
@@ -136,24 +140,26 @@ class Zygote:
         self.socket.settimeout(_ZYGOTE_WAIT)
         self.started_at = time.monotonic()
 
-    def spawn(self, fds: list[int]) -> int:
-        """The pid of a new child on ``fds`` (stdin, stdout[, journal]).
+    def spawn(self, fds: list[int], count: int) -> list[int]:
+        """The pids of up to ``count`` new children on ``fds`` (stdin, stdout per
+        child[, journal]), in order: fewer if the zygote could fork no more.
 
         :raises OSError: no child: the zygote's own reason, or it is gone
             or out of step (then it is killed, and the pool starts another).
         """
         try:
             socket.send_fds(self.socket, [ZYGOTE_SPAWN], fds)
-            answer = self.socket.recv(256)
+            answer = self.socket.recv(16 * ZYGOTE_BATCH)
         except OSError:
             self.kill()
             raise
         if answer.startswith(b"error: "):
             raise OSError(f"sender zygote: {answer[7:].decode(errors='replace')}")
-        if not answer.isdigit():
+        pids = answer.split()
+        if not pids or len(pids) > count or not all(pid.isdigit() for pid in pids):
             self.kill()
             raise OSError(f"sender zygote: {'gone' if not answer else 'garbled answer'}")
-        return int(answer)
+        return [int(pid) for pid in pids]
 
     def kill(self) -> None:
         with contextlib.suppress(ProcessLookupError):
@@ -202,24 +208,36 @@ class Pool:
             self.zygote.close()
             self.zygote = None
 
-    def spawn(self) -> Child:
+    def spawn(self, count: int = 1) -> list[Child]:
+        """``count`` new children (ZYGOTE_BATCH at most; fewer if forks fail): the
+        first for the caller's job, the others idle.  A batch costs the zygote one
+        intermediate process, and the runner one round trip."""
         self.start()
         if self.zygote is None:
             raise OSError(f"sender zygote died; the next one starts within {ZYGOTE_RESTART} s")
-        child_in, to_child = os.pipe()
-        from_child, child_out = os.pipe()
+        pipes = [(*os.pipe(), *os.pipe()) for _ in range(max(1, min(count, ZYGOTE_BATCH)))]
+        theirs = [fd for child_in, _, _, child_out in pipes for fd in (child_in, child_out)]
         try:
-            pid = self.zygote.spawn([child_in, child_out] +
-                                    ([self.journal] if self.journal >= 0 else []))
+            pids = self.zygote.spawn(theirs + ([self.journal] if self.journal >= 0 else []),
+                                     len(pipes))
         except OSError:
-            os.close(to_child)
-            os.close(from_child)
             if self.zygote.socket.fileno() < 0:
                 self.zygote = None
+            pids = []
             raise
         finally:
-            os.close(child_in)
-            os.close(child_out)
+            for fd in theirs:
+                os.close(fd)
+            for _, to_child, from_child, _ in pipes[len(pids):]:
+                os.close(to_child)
+                os.close(from_child)
+        born = [self._born(pid, to_child, from_child)
+                for pid, (_, to_child, from_child, _) in zip(pids, pipes)]
+        for child in born[1:]:
+            self.unassign(child)
+        return born
+
+    def _born(self, pid: int, to_child: int, from_child: int) -> Child:
         os.set_blocking(to_child, False)
         os.set_blocking(from_child, False)
         now = time.monotonic()

@@ -540,16 +540,18 @@ class Runner:
         endpoints = [f"{t.address}:{port}" for t in targets
                      if t.preference == targets[0].preference]
         child = self.pool.idle(domain, endpoints)
-        if child is not None or len(self.pool) >= self.config.runner.max_children:
+        room = self.config.runner.max_children - len(self.pool)
+        if child is not None or room <= 0:
             return child
         try:
-            child = self.pool.spawn()
+            born = self.pool.spawn(min(room, len(self.backlog)))  # a child per waiting domain
         except OSError as exc:
             self.log.error("spawn_failed", error=str(exc))
             return None
-        self.selector.register(child.stdout, selectors.EVENT_READ, ("out", child))
-        self._feed(child)
-        return child
+        for new in born:
+            self.selector.register(new.stdout, selectors.EVENT_READ, ("out", new))
+            self._feed(new)
+        return born[0]
 
     def _send_job(self, child: Child, domain: str) -> None:
         queue = self.backlog[domain]

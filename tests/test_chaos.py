@@ -241,3 +241,31 @@ def test_child_whose_runner_dies_at_the_final_dot_journals_the_reply_and_stops(t
         os.close(answer_r)
         runner.kill()
         runner.wait()
+
+
+def test_a_killed_zygote_is_replaced_and_nothing_waits(world, spool_factory):
+    """kill -9 the process children are forked from (sender/zygote.py): the runner
+    starts another when it next needs a child, and every message goes."""
+    from conftest import log_events, wait_for
+    from sender.zygote import TITLE
+    from spoold.fakenet import Behaviour
+    import spoold
+
+    world.add_domain("slow.test", Behaviour(delay=0.2))
+    spool = spool_factory(runner={"max_use": 1, "job_size": 1, "max_children": 2})
+    spoold.enqueue(sender="s@spoold.test", recipients=[f"u{i}@slow.test" for i in range(8)],
+                   subject="z", body="x", config=spool.config)
+    runner = psutil.Process(spool.start().pid)
+
+    def zygotes():
+        return [c for c in runner.children() if TITLE in " ".join(c.cmdline())]
+
+    wait_for(zygotes, 20, "the zygote")
+    (first,) = zygotes()
+    first.kill()
+    spool.wait_settled(timeout=60)
+    assert zygotes() and zygotes()[0].pid != first.pid
+    spool.stop()
+    assert len(world.all_messages()) == 8
+    assert [e["pid"] for e in log_events(spool.log_lines(), "zygote_exit")] == [first.pid]
+    assert len(log_events(spool.log_lines(), "zygote_start")) == 2
