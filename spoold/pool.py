@@ -6,13 +6,12 @@ the children on them, with the runner's children.journal as their fd 3
 (spoold/journal.py); then it queues the sender configuration as each
 child's first line.  The first child is the caller's; the others join the
 idle ones (a batch, when many destinations wait at once, costs one round
-trip to the zygote).  The
-zygote is a fresh interpreter (an exec, started by ``Pool.start()``) that
-has imported the sender's modules and never sees the runner's settings or
-database: a child costs a fork of that small process, not a Python
-start-up (190 ms of CPU each, measured by bench/), and holds no copy of the
-database password, which a fork of the runner itself would hand it.  The
-runner is a child subreaper (PR_SET_CHILD_SUBREAPER), so every child is
+trip to the zygote).  The zygote is a fresh interpreter (an exec, started
+by ``Pool.start()``) that has imported the sender's modules and never sees
+the runner's settings or database: a child costs a fork of that small
+process, not a Python start-up (190 ms of CPU each, measured by bench/),
+and holds no copy of the database password, which a fork of the runner
+itself would hand it.  The runner is a child subreaper (PR_SET_CHILD_SUBREAPER), so every child is
 the runner's own: ``Pool.reap()`` collects exited children with
 waitpid(-1, WNOHANG) and decodes their status; pids that are not ours are
 ignored.  A zygote that died is started again at the next spawn, at most
@@ -122,7 +121,7 @@ def describe_status(status: int) -> str:
 
 
 class Zygote:
-    """The runner's end of sender.zygote: ask it for children, one at a time."""
+    """The runner's end of sender.zygote: one request for children at a time."""
 
     def __init__(self) -> None:
         prctl(_PR_SET_CHILD_SUBREAPER, 1)  # the zygote's grandchildren come to us
