@@ -190,6 +190,7 @@ class Pool:
         self._near: dict[str, dict[int, Child]] = {}  # idle ones by their kept endpoint
         self._busy: dict[int, Child] = {}
         self.zygote: Zygote | None = None
+        self._zygotes: set[int] = set()  # pids of zygotes started and not yet reaped
         self._zygote_due = 0.0  # not restarted before this (monotonic)
 
     def __len__(self) -> int:
@@ -200,11 +201,13 @@ class Pool:
         if self.zygote is None and time.monotonic() >= self._zygote_due:
             self._zygote_due = time.monotonic() + ZYGOTE_RESTART
             self.zygote = Zygote()
+            self._zygotes.add(self.zygote.pid)
             get_logger().info("zygote_start", pid=self.zygote.pid)
 
     def close(self) -> None:
         if self.zygote is not None:
             self.zygote.close()
+            self._zygotes.discard(self.zygote.pid)
             self.zygote = None
 
     def spawn(self, count: int = 1) -> list[Child]:
@@ -219,8 +222,9 @@ class Pool:
         try:
             pids = self.zygote.spawn(theirs + ([self.journal] if self.journal >= 0 else []),
                                      len(pipes))
-        except OSError:
-            if self.zygote.socket.fileno() < 0:
+        except OSError as exc:
+            if self.zygote.socket.fileno() < 0:  # gone or killed: the next spawn starts one
+                get_logger().error("zygote_lost", pid=self.zygote.pid, error=str(exc))
                 self.zygote = None
             pids = []
             raise
@@ -303,10 +307,12 @@ class Pool:
                 break
             if pid == 0:
                 break
-            if self.zygote is not None and pid == self.zygote.pid:
+            if pid in self._zygotes:
+                self._zygotes.discard(pid)
                 get_logger().error("zygote_exit", pid=pid, status=describe_status(status))
-                self.zygote.kill()
-                self.zygote = None
+                if self.zygote is not None and pid == self.zygote.pid:
+                    self.zygote.kill()
+                    self.zygote = None
                 continue
             child = self.children.pop(pid, None)
             if child is not None:

@@ -65,7 +65,7 @@ DIAGNOSTICS
     One ``delivery`` event per attempt (id, to, relay, delay, dsn, status,
     reply; and tls, cipher, tls_policy for attempts a child made);
     lifecycle events start, stop, child_exit, child_timeout,
-    database_unavailable, zygote_start, zygote_exit (spoold/pool.py),
+    database_unavailable, zygote_start, zygote_exit, zygote_lost (spoold/pool.py),
     journal_waited, journal_busy (the children of a killed runner still
     finishing their final dots: spoold/journal.py).  Exit status 0 after a clean stop, 75 when
     another runner holds the lock, 78 for a bad configuration.

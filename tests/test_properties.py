@@ -43,6 +43,7 @@ import ast
 import csv
 import email
 import email.policy
+import fcntl
 import io
 import json
 import math
@@ -310,6 +311,7 @@ def test_the_runner_survives_a_child_writing_garbage(queue, garbage):
     runner.journal = ResultJournal(config.runner.run_dir)
     sleeper = subprocess.Popen(["sleep", "60"])
     read_end, write_end = os.pipe()
+    fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, 1 << 20)  # the garbage, unread, must fit
     try:
         rows = store.claim(runner.owner, 10**6, time.time() + 60)
         child = _fake_child(sleeper.pid, read_end)  # a "child" whose output we write
