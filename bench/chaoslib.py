@@ -231,7 +231,8 @@ class ChaosSpool:
         return self.proc is not None and self.proc.poll() is None
 
     def kill(self) -> None:
-        """kill -9 the runner (its children die with it: PR_SET_PDEATHSIG)."""
+        """kill -9 the runner (its children die with it, PR_SET_PDEATHSIG; one
+        waiting for the reply to a final dot reads and journals it first)."""
         if self.running():
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait()
@@ -256,19 +257,25 @@ class ChaosSpool:
         except psutil.NoSuchProcess:
             return []
 
-    def first_error(self, name: str) -> str:
-        """The error text of the first ``name`` event in the runner's log."""
+    def _events(self, name: str) -> Iterator[dict[str, Any]]:
+        """The runner's log events of this name (all its lives)."""
+        needle = f'"event": "{name}"'
         with open(self.log_path, errors="replace") as log:
             for line in log:
-                if f'"event": "{name}"' in line:
-                    return str(json.loads(line).get("error", ""))
-        return ""
+                if needle in line:
+                    yield json.loads(line)
+
+    def first_error(self, name: str) -> str:
+        """The error text of the first ``name`` event in the runner's log."""
+        return next((str(e.get("error", "")) for e in self._events(name)), "")
 
     def events(self, name: str) -> int:
         """How many log events of this name the runner wrote (all its lives)."""
-        needle = f'"event": "{name}"'
-        with open(self.log_path, errors="replace") as log:
-            return sum(needle in line for line in log)
+        return sum(1 for _ in self._events(name))
+
+    def event_sum(self, name: str, key: str) -> float:
+        """The sum of ``key`` over the runner's ``name`` events."""
+        return sum(float(e.get(key, 0)) for e in self._events(name))
 
 
 # -- messages and accounting --------------------------------------------------

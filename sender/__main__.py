@@ -5,8 +5,8 @@ SUMMARY
     python -m sender     (started by "spoold run"; not meant for people)
 
 DESCRIPTION
-    The queue runner starts this child with pipes on stdin and stdout and
-    speaks the line protocol of sender.protocol.  The first line on stdin is
+    The queue runner has sender.zygote fork this child, with pipes on stdin
+    and stdout, and speaks the line protocol of sender.protocol.  The first line on stdin is
     the configuration; every later line is a job: one destination domain,
     one or more messages, each with its recipients in that domain.
 
@@ -36,8 +36,12 @@ DESCRIPTION
     everything a job needs is on its line.  It serves jobs until EOF on
     stdin, then exits 0; after each job it also exits if its parent is gone
     (its parent process id changed).  It ignores SIGINT and SIGHUP, which
-    are meant for the runner; the runner stops it with SIGTERM or SIGKILL,
-    and defers (4.3.0) any recipient it sent but got no result for.
+    are meant for the runner.  SIGTERM, which it also gets when its parent
+    dies (PR_SET_PDEATHSIG), ends it at once, except between a final dot
+    and the result lines for the reply: there it reads the reply first (for
+    a few seconds at most), journals the results and exits before anything
+    else (sender.lifeline).  The runner stops it with SIGKILL, and defers
+    (4.3.0) any recipient it sent but got no result for.
 
 DIAGNOSTICS
     Problems go to stderr, which the runner shares, and to stdout as
@@ -112,7 +116,7 @@ import traceback
 from typing import BinaryIO
 from collections.abc import Callable
 
-from sender import protocol, trouble
+from sender import lifeline, protocol, trouble
 from sender.protocol import Done, Job, ProtocolError, Result, SenderConfig
 
 EX_CONFIG = 78
@@ -133,7 +137,8 @@ class _Output:
             # The runner is gone.  Point stdout at /dev/null so that Python's
             # flush at exit does not complain about the pipe a second time.
             os.dup2(os.open(os.devnull, os.O_WRONLY), self._stream.fileno())
-            raise SystemExit(0) from None
+            if not lifeline.stopping():  # else the journal still takes the results
+                raise SystemExit(0) from None
 
     def result(self, result: Result) -> None:
         """A result line, first into the runner's journal if it gave one: should the
@@ -301,28 +306,11 @@ class _Child:
             self._sessions.close()
 
 
-def _die_with_parent(parent: int) -> None:
-    """Be killed when the runner dies, not finish a job nobody will record.
-
-    A runner killed with SIGKILL cannot tell its children; orphans that went
-    on delivering would send every row the next runner takes back a second
-    time.  Linux's PR_SET_PDEATHSIG closes that gap; the getppid() check after
-    it covers a runner that died before the call.
-    """
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        pr_set_pdeathsig = 1
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
-    if os.getppid() != parent:
-        raise SystemExit(0)
-
-
-def main() -> int:
+def main(parent: int | None = None) -> int:
+    """Serve jobs for ``parent`` (by default the parent process): die with it."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    parent = os.getppid()
-    _die_with_parent(parent)
+    parent = os.getppid() if parent is None else parent
     stdin = _Input(sys.stdin.fileno())
     output = _Output(sys.stdout.buffer)
     first = stdin.readline(None)
@@ -333,6 +321,7 @@ def main() -> int:
     except ProtocolError as exc:
         output.line(protocol.encode_error(str(exc)))
         return EX_CONFIG
+    lifeline.arm(parent, journal=config.journal_fd >= 0)
     config.helo_name = config.helo_name or socket.getfqdn()
     output.journal_fd = config.journal_fd
     child = _Child(config, output)

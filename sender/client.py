@@ -40,7 +40,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sender import trouble
+from sender import lifeline, trouble
 from sender.mx import DnsError, MxResolver
 from sender.protocol import Done, Job, Message, Recipient, Result, SenderConfig, Target
 from sender.tlspolicy import ENCRYPTED, PLAINTEXT, REQUIRES, VERIFIED, TlsPolicy, context_for
@@ -373,17 +373,18 @@ def _transfer(session: Session, out: _Outgoing, ledger: _Ledger) -> bool:
         session.command("ending an empty transaction", config.data_done_timeout, session.end_data)
         return False
     session.send_body(out.body)
-    try:
-        reply = session.command("sending end of data -- message may be sent more than once",
-                                config.data_done_timeout, session.end_data)
-    except HostFailure as exc:
-        if exc.reply.code is None:
-            # No reply to the final dot: the server may have taken the message
-            # (RFC 1047), so it is deferred now rather than offered to the next
-            # host in the same breath.
-            ledger.end(out, accepted, exc.reply)
-        raise
-    ledger.record(out, accepted, reply)
+    with lifeline.final_dot():  # a child told to stop now still reads the reply
+        try:
+            reply = session.command("sending end of data -- message may be sent more than once",
+                                    config.data_done_timeout, session.end_data)
+        except HostFailure as exc:
+            if exc.reply.code is None:
+                # No reply to the final dot: the server may have taken the message
+                # (RFC 1047), so it is deferred now rather than offered to the next
+                # host in the same breath.
+                ledger.end(out, accepted, exc.reply)
+            raise
+        ledger.record(out, accepted, reply)
     return False
 
 

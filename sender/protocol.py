@@ -123,6 +123,11 @@ class SenderConfig:
     journal_fd: int = -1
 
 
+JOURNAL_FD = 3  # the fd a child of spoold run finds its journal at (sender.zygote)
+ZYGOTE_SPAWN = b"spawn"  # the runner's request to sender.zygote: see there
+ZYGOTE_BATCH = 100  # children per request at most: 201 descriptors, within SCM_MAX_FD (253)
+
+
 @dataclass(frozen=True)
 class Target:
     """One address of one MX host, in the order it should be tried."""

@@ -8,9 +8,12 @@ as RFC 4180 has it.
 
 Each data row becomes a ContactIn (the address normalised by
 spoold.address.parse_address); an empty cell leaves that attribute as it
-was.  A row that cannot be one (bad or missing address, wrong number of
-fields, bytes that are not UTF-8) is reported as ``line N: reason`` and the
-good rows still go in, in chunks of ``CHUNK`` per transaction
+was.  A name or an attribute may hold line breaks and tabs (an address
+block), no other control character.  A row that cannot be
+one (bad or missing address, wrong number of fields, bytes that are not
+UTF-8, a control character such as NUL, a field over 128 KiB) is reported
+as ``line N: reason``, N the row's first line, and the good rows still go
+in, in chunks of ``CHUNK`` per transaction
 (Store.upsert_contacts: a re-import updates, never duplicates).  With
 ``strict`` the whole file is checked first and refused, every bad line
 listed, before anything is written.  On a terminal, files over 1 MB show a
@@ -41,6 +44,9 @@ from spoold.store.contacts import ContactIn
 CHUNK = 5000
 _ATTRIBUTE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _SURROGATE = re.compile("[\udc80-\udcff]")
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # all but \t \n \r
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+_REASON = 200  # characters of a bad value quoted in a reason
 _BAR_FROM = 1 << 20
 
 
@@ -64,6 +70,7 @@ class _Columns:
             if name in seen:
                 raise ContactsFileError(f"{path}: line 1: column {name!r} appears twice")
             seen.add(name)
+        self.names = names
         self.width = len(names)
         self.email = lowered.index("email")
         self.name = lowered.index("name") if "name" in lowered else None
@@ -83,6 +90,10 @@ class _Columns:
         email = row[self.email].strip()
         if not email:
             raise ValueError("no email address")
+        for i, column in enumerate(self.names):
+            found = _CONTROL.search(row[i])
+            if found:
+                raise ValueError(f"control character {found.group()!r} in column {column!r}")
         return ContactIn(email=parse_address(email),
                          name=None if self.name is None else row[self.name].strip(),
                          attributes={n: row[i] for i, n in self.attributes if row[i] != ""})
@@ -104,11 +115,18 @@ def parse_attributes(pairs: Iterable[str]) -> dict[str, str]:
     return attributes
 
 
+def _short(reason: str) -> str:
+    return reason if len(reason) <= _REASON else reason[:_REASON] + "..."
+
+
 def _rows(raw: BinaryIO, name: str, show: bool) -> Iterator[tuple[int, ContactIn | str]]:
     """(line number, contact or reason) for every data row of the file, read from the
     start; ``raw`` stays open."""
     raw.seek(0, io.SEEK_END)
     size = raw.tell()
+    raw.seek(0)
+    if raw.read(2) in _UTF16_BOMS:
+        raise ContactsFileError(f"{name}: line 1: the file is UTF-16 text; save it as UTF-8")
     raw.seek(0)
     bar = tqdm(total=size, unit="B", unit_scale=True, desc=Path(name).name, file=sys.stderr,
                disable=not (show and size >= _BAR_FROM and sys.stderr.isatty()))
@@ -123,21 +141,22 @@ def _rows(raw: BinaryIO, name: str, show: bool) -> Iterator[tuple[int, ContactIn
             raise ContactsFileError(f"{name}: line 1: {exc}") from None
         columns = _Columns(header, name)
         while True:
+            first = reader.line_num + 1  # a quoted field may span lines: name the first
             try:
                 row = next(reader)
             except StopIteration:
                 break
             except csv.Error as exc:
-                yield reader.line_num, str(exc)
+                yield first, _short(str(exc))
                 continue
             if reader.line_num % 10000 == 0:
                 bar.update(raw.tell() - bar.n)
             if not any(cell.strip() for cell in row):
                 continue
             try:
-                yield reader.line_num, columns.contact(row)
+                yield first, columns.contact(row)
             except (ValueError, AddressError) as exc:
-                yield reader.line_num, str(exc)
+                yield first, _short(str(exc))
         bar.update(size - bar.n)
     finally:
         bar.close()

@@ -21,24 +21,39 @@ Both are emptied each time a batch is committed.  On start the runner
 replays them (``Store.replay`` applies only attempts whose row is still
 leased to this runner, so what was committed just before the kill is not
 applied twice; a runner's own attempt for a row wins over a child's line),
-then empties them.  What remains of the window is a child killed between
-its read of the 250 and its write to the journal, lines written between a
-commit and the emptying that follows it, and a machine crash.
+then empties them.
+
+A child whose runner dies while it waits for the reply to a final dot
+reads that reply first, for up to sender.lifeline.ORPHAN_GRACE seconds,
+and journals it (see there).  The next runner must not replay before those
+lines are in: each runner takes an exclusive flock(2) on its
+children.journal, and its children share that open file (fd 3), so the
+lock lives on, after the runner's death, until its last child has exited;
+``take()`` waits for it (ORPHANS_WAIT at most; the runner logs
+journal_waited when it took a tenth of a second or more).  What remains of
+the window is a child killed with SIGKILL between its read of the 250 and
+its write to the journal, a line a child journalled during a commit that
+the runner had not yet read from its pipe when it emptied the journal
+after that commit, an orphan that outlived ORPHANS_WAIT, and a machine
+crash.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import time
 from pathlib import Path
 
+from sender.lifeline import ORPHAN_GRACE
 from sender.protocol import ProtocolError, Result, decode_reply
 from spoold.log import get_logger
 from spoold.store import Attempt, QueueRow
 
 RUNNER = "results.journal"
 CHILDREN = "children.journal"
+ORPHANS_WAIT = ORPHAN_GRACE + 5.0
 
 
 def encode(attempt: Attempt) -> bytes:
@@ -75,6 +90,19 @@ class ResultJournal:
         self.children_path = Path(run_dir) / CHILDREN
         self.fd = _open(self.runner_path)
         self.children_fd = _open(self.children_path)  # inherited by children as fd 3
+
+    def take(self, timeout: float = ORPHANS_WAIT) -> bool:
+        """Wait until the children of an earlier runner here are gone (see above),
+        then hold the lock for ours; False if they outlived ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(self.children_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    return False
+                time.sleep(0.05)
 
     def append(self, attempt: Attempt) -> None:
         os.write(self.fd, encode(attempt))

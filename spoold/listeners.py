@@ -30,7 +30,6 @@ DIAGNOSTICS
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import os
 import signal
 import subprocess
@@ -41,6 +40,7 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP
 
+from sender.lifeline import prctl
 from spoold import config as config_mod
 from spoold.config import Config
 from spoold.errors import ConfigError, SpooldError
@@ -71,7 +71,7 @@ class _Listener:
 def _die_with_parent() -> None:
     """In the forked child, before exec: SIGTERM when the runner dies."""
     pr_set_pdeathsig = 1
-    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 class Listeners:

@@ -31,7 +31,6 @@ import json
 import time
 from collections.abc import Sequence
 
-import sender.render  # noqa: F401  (imported here so that forked children have Jinja2 loaded)
 from sender.protocol import Mailing, Message, Personal, Recipient
 from spoold.config import Config
 from spoold.log import get_logger

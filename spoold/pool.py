@@ -1,44 +1,46 @@
 """Sender children: their birth, their pipes and their death (Postfix master_spawn).
 
-``Pool.spawn()`` forks the runner into a sender child, a pipe on its stdin
-and one on its stdout (both non-blocking on our side), the runner's
-children.journal as its fd 3 (spoold/journal.py), and queues the sender
-configuration as its first line.  The child closes every other file
-descriptor, puts the default signal handlers back, names itself "spoold
-sender" and runs ``sender.__main__.main()`` without an exec: the runner has
-imported the sender's modules already, so a new child costs a fork, not a
-Python start-up (190 ms of CPU each, measured by bench/, which made
-max_children children cost more than the mail they carried).  The runner puts the pipes in its
-select loop; ``Child.feed()`` writes what is pending, ``Child.read_lines()``
-returns the complete lines the child wrote.  ``Pool.reap()`` collects exited
-children with waitpid(-1, WNOHANG) and decodes their status; pids that are
-not ours are ignored.  How many children may live, and which one gets which
-job, is the runner's decision (runner.py), not this module's.
+``Pool.spawn(count)`` makes a pipe for each new sender child's stdin and one
+for its stdout (both non-blocking on our side) and has sender.zygote fork
+the children on them, with the runner's children.journal as their fd 3
+(spoold/journal.py); then it queues the sender configuration as each
+child's first line.  The first child is the caller's; the others join the
+idle ones (a batch, when many destinations wait at once, costs one round
+trip to the zygote).  The zygote is a fresh interpreter (an exec, started
+by ``Pool.start()``) that has imported the sender's modules and never sees
+the runner's settings or database: a child costs a fork of that small
+process, not a Python start-up (190 ms of CPU each, measured by bench/),
+and holds no copy of the database password, which a fork of the runner
+itself would hand it.  The runner is a child subreaper (PR_SET_CHILD_SUBREAPER), so every child is
+the runner's own: ``Pool.reap()`` collects exited children with
+waitpid(-1, WNOHANG) and decodes their status; pids that are not ours are
+ignored.  A zygote that died is started again at the next spawn, at most
+once per ZYGOTE_RESTART seconds.  The runner puts the pipes in its select
+loop; ``Child.feed()`` writes what is pending, ``Child.read_lines()``
+returns the complete lines the child wrote.  How many children may live,
+and which one gets which job, is the runner's decision (runner.py), not
+this module's.
 """
 
 from __future__ import annotations
 
-import gc
+import contextlib
 import os
 import signal
+import socket
 import sys
 import time
-import traceback
 from dataclasses import dataclass, field, replace
-from typing import NoReturn
 
-import setproctitle
-
-import sender
-import sender.__main__
-import sender.client
-import sender.mx  # imported here so that forked children have it: see above
-import sender.signing  # (dkimpy, cryptography: 30 ms a child that signs would pay)
-from sender.protocol import SenderConfig, encode_config
+from sender.lifeline import prctl
+from sender.protocol import (JOURNAL_FD, ZYGOTE_BATCH, ZYGOTE_SPAWN, SenderConfig,
+                             encode_config)
+from spoold.log import get_logger
 from spoold.store import QueueRow
 
-_EX_SOFTWARE = 70
-JOURNAL_FD = 3  # where a child finds the runner's children.journal
+ZYGOTE_RESTART = 1.0  # seconds between two starts of the zygote, at least
+_ZYGOTE_WAIT = 30.0  # for an answer, the first one included (the zygote's start-up)
+_PR_SET_CHILD_SUBREAPER = 36
 
 
 @dataclass
@@ -118,29 +120,62 @@ def describe_status(status: int) -> str:
     return f"status {status}"
 
 
-def _become_sender(stdin: int, stdout: int, journal: int) -> NoReturn:
-    """In a freshly forked child: nothing of the runner's but the code, then serve jobs."""
-    code = _EX_SOFTWARE
-    try:
-        os.dup2(stdin, 0)
-        os.dup2(stdout, 1)
-        keep = 3
-        if journal >= 0:
-            os.dup2(journal, JOURNAL_FD)  # SenderConfig.journal_fd says so
-            keep = JOURNAL_FD + 1
-        os.closerange(keep, os.sysconf("SC_OPEN_MAX"))  # the lock, the database, the sockets
-        signal.set_wakeup_fd(-1)
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
-            signal.signal(signum, signal.SIG_DFL)
-        setproctitle.setproctitle(sender.TITLE)
-        code = sender.__main__.main()
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else _EX_SOFTWARE
-    except BaseException:
-        traceback.print_exc()
-    finally:
-        sys.stderr.flush()
-        os._exit(code)
+class Zygote:
+    """The runner's end of sender.zygote: one request for children at a time."""
+
+    def __init__(self) -> None:
+        prctl(_PR_SET_CHILD_SUBREAPER, 1)  # the zygote's grandchildren come to us
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            self.pid = os.posix_spawn(
+                sys.executable, [sys.executable, "-m", "sender.zygote", str(os.getpid())],
+                os.environ, file_actions=[(os.POSIX_SPAWN_DUP2, theirs.fileno(), 0)])
+        except OSError:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        self.socket = ours
+        self.socket.settimeout(_ZYGOTE_WAIT)
+        self.started_at = time.monotonic()
+
+    def spawn(self, fds: list[int], count: int) -> list[int]:
+        """The pids of up to ``count`` new children on ``fds`` (stdin, stdout per
+        child[, journal]), in order: fewer if the zygote could fork no more.
+
+        :raises OSError: no child: the zygote's own reason, or it is gone
+            or out of step (then it is killed, and the pool starts another).
+        """
+        try:
+            socket.send_fds(self.socket, [ZYGOTE_SPAWN], fds)
+            answer = self.socket.recv(16 * ZYGOTE_BATCH)
+        except OSError:
+            self.kill()
+            raise
+        if answer.startswith(b"error: "):
+            raise OSError(f"sender zygote: {answer[7:].decode(errors='replace')}")
+        pids = answer.split()
+        if not pids or len(pids) > count or not all(pid.isdigit() for pid in pids):
+            self.kill()
+            raise OSError(f"sender zygote: {'gone' if not answer else 'garbled answer'}")
+        return [int(pid) for pid in pids]
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGKILL)
+        self.socket.close()
+
+    def close(self) -> None:
+        """EOF on its socket: it exits; reap it if nothing else has."""
+        self.socket.close()
+        deadline = time.monotonic() + 2.0
+        with contextlib.suppress(ChildProcessError):
+            while not os.waitpid(self.pid, os.WNOHANG)[0]:
+                if time.monotonic() > deadline:
+                    os.kill(self.pid, signal.SIGKILL)
+                    os.waitpid(self.pid, 0)
+                    break
+                time.sleep(0.01)
 
 
 class Pool:
@@ -154,31 +189,58 @@ class Pool:
         self._warm: dict[str, dict[int, Child]] = {}  # idle ones by their last destination
         self._near: dict[str, dict[int, Child]] = {}  # idle ones by their kept endpoint
         self._busy: dict[int, Child] = {}
+        self.zygote: Zygote | None = None
+        self._zygotes: set[int] = set()  # pids of zygotes started and not yet reaped
+        self._zygote_due = 0.0  # not restarted before this (monotonic)
 
     def __len__(self) -> int:
         return len(self.children)
 
-    def spawn(self) -> Child:
-        child_in, to_child = os.pipe()
-        from_child, child_out = os.pipe()
-        for stream in (sys.stdout, sys.stderr):
-            stream.flush()  # or the child would write the runner's buffered output again
-        # Frozen objects are skipped by the collector: a child's garbage
-        # collections then leave the runner's pages shared instead of
-        # writing to every object they scan (copy-on-write).
-        gc.freeze()
+    def start(self) -> None:
+        """Start the zygote now rather than at the first spawn: it takes a Python start-up."""
+        if self.zygote is None and time.monotonic() >= self._zygote_due:
+            self._zygote_due = time.monotonic() + ZYGOTE_RESTART
+            self.zygote = Zygote()
+            self._zygotes.add(self.zygote.pid)
+            get_logger().info("zygote_start", pid=self.zygote.pid)
+
+    def close(self) -> None:
+        if self.zygote is not None:
+            self.zygote.close()
+            self._zygotes.discard(self.zygote.pid)
+            self.zygote = None
+
+    def spawn(self, count: int = 1) -> list[Child]:
+        """``count`` new children (ZYGOTE_BATCH at most; fewer if forks fail): the
+        first for the caller's job, the others idle.  A batch costs the zygote one
+        intermediate process, and the runner one round trip."""
+        self.start()
+        if self.zygote is None:
+            raise OSError(f"sender zygote died; the next one starts within {ZYGOTE_RESTART} s")
+        pipes = [(*os.pipe(), *os.pipe()) for _ in range(max(1, min(count, ZYGOTE_BATCH)))]
+        theirs = [fd for child_in, _, _, child_out in pipes for fd in (child_in, child_out)]
         try:
-            pid = os.fork()
-        except OSError:
-            gc.unfreeze()
-            for fd in (child_in, to_child, from_child, child_out):
-                os.close(fd)
+            pids = self.zygote.spawn(theirs + ([self.journal] if self.journal >= 0 else []),
+                                     len(pipes))
+        except OSError as exc:
+            if self.zygote.socket.fileno() < 0:  # gone or killed: the next spawn starts one
+                get_logger().error("zygote_lost", pid=self.zygote.pid, error=str(exc))
+                self.zygote = None
+            pids = []
             raise
-        if pid == 0:
-            _become_sender(child_in, child_out, self.journal)
-        gc.unfreeze()
-        os.close(child_in)
-        os.close(child_out)
+        finally:
+            for fd in theirs:
+                os.close(fd)
+            for _, to_child, from_child, _ in pipes[len(pids):]:
+                os.close(to_child)
+                os.close(from_child)
+        born = [self._born(pid, to_child, from_child)
+                for pid, (_, to_child, from_child, _) in zip(pids, pipes)]
+        for child in born[1:]:
+            self.unassign(child)
+        return born
+
+    def _born(self, pid: int, to_child: int, from_child: int) -> Child:
         os.set_blocking(to_child, False)
         os.set_blocking(from_child, False)
         now = time.monotonic()
@@ -245,6 +307,13 @@ class Pool:
                 break
             if pid == 0:
                 break
+            if pid in self._zygotes:
+                self._zygotes.discard(pid)
+                get_logger().error("zygote_exit", pid=pid, status=describe_status(status))
+                if self.zygote is not None and pid == self.zygote.pid:
+                    self.zygote.kill()
+                    self.zygote = None
+                continue
             child = self.children.pop(pid, None)
             if child is not None:
                 self._forget_idle(child)

@@ -69,7 +69,10 @@ DIAGNOSTICS
     reply; and tls, cipher, tls_policy for attempts a child made);
     lifecycle events start, stop, child_exit, child_timeout,
     database_unavailable; destination_throttled, destination_recovered
-    (spoold/shaping.py).  Exit status 0 after a clean stop, 75 when
+    (spoold/shaping.py); zygote_start, zygote_exit, zygote_lost
+    (spoold/pool.py); journal_waited, journal_busy (the children of a killed
+    runner still finishing their final dots: spoold/journal.py).  Exit
+    status 0 after a clean stop, 75 when
     another runner holds the lock, 78 for a bad configuration.
 
 CONFIGURATION PARAMETERS
@@ -207,8 +210,10 @@ class Runner:
         if lock.previous_pid:
             self.log.warning("stale_lock", previous_pid=lock.previous_pid, action="taken over")
         try:
+            self.pool.start()  # an exec, meanwhile the database opens
             self.store = store_for(self.config)
             self.journal = ResultJournal(run_dir)
+            self._take_journal()
             self.pool.journal = self.journal.children_fd
             self._replay_journal()
             released = self.store.release_owner(self.owner)
@@ -230,6 +235,19 @@ class Runner:
         finally:
             self._restore_signals()
             lock.release()
+
+    def _take_journal(self) -> None:
+        """Wait for the children of our previous life to journal their last replies."""
+        started = time.monotonic()
+        taken = self.journal.take()
+        waited = round(time.monotonic() - started, 3)
+        if not taken:
+            self.log.warning("journal_busy", path=str(self.journal.children_path), waited=waited,
+                             note="children of the previous runner still running; "
+                                  "what they journal from now on is not replayed")
+        elif waited >= 0.1:
+            self.log.info("journal_waited", waited=waited, note="for the children of the "
+                          "previous runner to journal the replies to their final dots")
 
     def _replay_journal(self) -> None:
         """Commit what a previous life of this runner heard but did not write."""
@@ -553,16 +571,18 @@ class Runner:
         endpoints = [f"{t.address}:{port}" for t in targets
                      if t.preference == targets[0].preference]
         child = self.pool.idle(domain, endpoints)
-        if child is not None or len(self.pool) >= self.config.runner.max_children:
+        room = self.config.runner.max_children - len(self.pool)
+        if child is not None or room <= 0:
             return child
         try:
-            child = self.pool.spawn()
+            born = self.pool.spawn(min(room, len(self.backlog)))  # a child per waiting domain
         except OSError as exc:
             self.log.error("spawn_failed", error=str(exc))
             return None
-        self.selector.register(child.stdout, selectors.EVENT_READ, ("out", child))
-        self._feed(child)
-        return child
+        for new in born:
+            self.selector.register(new.stdout, selectors.EVENT_READ, ("out", new))
+            self._feed(new)
+        return born[0]
 
     def _send_job(self, child: Child, domain: str, size: int) -> None:
         queue = self.backlog[domain]
@@ -756,6 +776,7 @@ class Runner:
         for child in list(self.pool.children.values()):
             self._retire(child)
         self._wait_children()
+        self.pool.close()
         self._final_flush()
         self.shaper.close()
         try:

@@ -19,11 +19,11 @@ DESCRIPTION
     one more table and the web UI's accounts out of SMTP.
 
 DIAGNOSTICS
-    553 5.1.3 for a malformed recipient; 554 5.6.0 with spoold.message's
-    reason for a malformed message (nothing queued); 451 4.3.0 when the
-    database is unavailable (the client keeps the message: nothing is lost);
-    250 2.0.0 with the queue ids.  Events: submitted (ids, from, size),
-    submission_refused, database_unavailable.
+    553 5.1.7 for a malformed sender, 553 5.1.3 for a malformed recipient;
+    554 5.6.0 with spoold.message's reason for a malformed message (nothing
+    queued); 451 4.3.0 when the database is unavailable (the client keeps
+    the message: nothing is lost); 250 2.0.0 with the queue ids.  Events:
+    submitted (ids, from, size), submission_refused, database_unavailable.
 
 CONFIGURATION PARAMETERS
     [submission] listen_address (127.0.0.1), listen_port (0: off),
@@ -97,6 +97,15 @@ class SubmissionHandler:
         self.log = get_logger(listener="submission")
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="submission-store")
         self.store: Store | None = None
+
+    async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope,
+                          address: str, options: list[str]) -> str:
+        try:
+            envelope.mail_from = parse_address(address)  # (aiosmtpd refuses a null one)
+        except AddressError as exc:
+            return f"553 5.1.7 {exc}"
+        envelope.mail_options.extend(options)
+        return "250 2.1.0 Ok"
 
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
                           address: str, options: list[str]) -> str:

@@ -36,7 +36,8 @@ from spoold.config import Config
 from spoold.errors import BadToken
 from spoold.store import Store
 
-_TOKEN = re.compile(r"^(\d{1,19})\.(\d{1,19})\.([A-Za-z0-9_-]{22})$")
+_ID = r"(0|[1-9][0-9]{0,18})"  # one spelling per id: no leading zero, ASCII digits only
+_TOKEN = re.compile(rf"{_ID}\.{_ID}\.([A-Za-z0-9_-]{{22}})")
 
 
 @dataclass
@@ -61,7 +62,7 @@ def make_token(secret: str, contact_id: int, mailout_id: int) -> str:
 
 def check_token(secret: str, token: str) -> tuple[int, int]:
     """(contact id, mailout id) of a genuine token; BadToken for anything else."""
-    match = _TOKEN.match(token.strip()) if isinstance(token, str) else None
+    match = _TOKEN.fullmatch(token.strip()) if isinstance(token, str) else None
     if match is None or not secret:
         raise BadToken("malformed unsubscribe token")
     contact_id, mailout_id = int(match.group(1)), int(match.group(2))

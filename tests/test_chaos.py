@@ -13,10 +13,16 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
+import socket
+import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from bench import chaoslib
@@ -24,7 +30,8 @@ from bench.chaoslib import Batch, ChaosSpool, Tally
 
 from spoold import journal
 from spoold.store import Attempt, open_store
-from sender.protocol import Result, encode_result
+from sender.protocol import (Job, Message, Recipient, Result, SenderConfig, Target,
+                             encode_config, encode_job, encode_result)
 
 CHILDREN = 4
 
@@ -137,3 +144,128 @@ def test_replay_applies_only_what_the_owner_still_leases(store):
     log = sorted((d["notify_id"], d["reply"]) for d in store.deliveries())
     assert log == [(done.id, "250 ok"), (pending.id, "250 journal")]
     assert [r["id"] for r in store.queue_rows()] == [stolen.id]
+
+
+class _HeldDot:
+    """An SMTP server on loopback that holds its reply to the first final dot
+    until ``release`` is set, then notes every command it gets after it."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.dot = threading.Event()
+        self.release = threading.Event()
+        self.after: list[bytes] = []
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        conn, _ = self.listener.accept()
+        lines = conn.makefile("rb")
+        conn.sendall(b"220 held ESMTP\r\n")
+        in_data = False
+        for line in lines:
+            if in_data:
+                if line == b".\r\n":
+                    in_data = False
+                    if not self.dot.is_set():
+                        self.dot.set()
+                        self.release.wait(30)
+                    conn.sendall(b"250 2.0.0 queued\r\n")
+                continue
+            if self.dot.is_set():
+                self.after.append(line.split()[0].upper())
+            if line.upper().startswith(b"DATA"):
+                in_data = True
+                conn.sendall(b"354 go ahead\r\n")
+            else:
+                conn.sendall(b"250 ok\r\n")
+        conn.close()
+
+
+def _alive(process: psutil.Process) -> bool:
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def test_child_whose_runner_dies_at_the_final_dot_journals_the_reply_and_stops(tmp_path):
+    """The runner dies (SIGKILL) while a child waits for the reply to a final dot:
+    the child reads it, journals the result and exits without starting the
+    next message; a new runner's journal waits for that child (flock)."""
+    server = _HeldDot()
+    path = tmp_path / journal.CHILDREN
+    job_r, job_w = os.pipe()
+    answer_r, answer_w = os.pipe()
+    # A stand-in for the runner: it holds the journal's lock (spoold/journal.py),
+    # starts the child on our pipes with the journal as fd 3, then waits to be killed.
+    runner = subprocess.Popen([sys.executable, "-c", f"""if True:
+        import fcntl, os, subprocess, sys, time
+        fd = os.open({str(path)!r}, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.dup2(fd, 3)
+        subprocess.Popen([sys.executable, "-m", "sender"], stdin={job_r}, stdout={answer_w},
+                         pass_fds=(3,))
+        print(flush=True)
+        time.sleep(60)
+        """], stdout=subprocess.PIPE, pass_fds=(job_r, answer_w))
+    os.close(job_r)
+    os.close(answer_w)
+    runner.stdout.readline()
+    config = SenderConfig(helo_name="test", port=server.port, journal_fd=3)
+    job = Job(1, "held.test", [Message("a@spoold.test", b"Subject: %d\r\n\r\nx\r\n" % i,
+                                       [Recipient(i, f"u{i}@held.test")]) for i in (1, 2)],
+              targets=[Target("mx.held.test", "127.0.0.1", 10)])
+    os.write(job_w, encode_config(config) + encode_job(job))
+    try:
+        assert server.dot.wait(20), "the child never sent its first final dot"
+        (child,) = psutil.Process(runner.pid).children()
+        runner.kill()
+        runner.wait()
+        time.sleep(0.3)
+        assert _alive(child), "the child died with the dot's reply unread"
+        started = time.monotonic()
+        server.release.set()
+        waiting = journal.ResultJournal(tmp_path)
+        assert waiting.take(timeout=10), "the orphan kept the journal's lock"
+        assert not _alive(child)
+        assert time.monotonic() - started < 5
+        waiting.close()
+        results = [json.loads(line) for line in path.read_bytes().splitlines()]
+        assert [(r["id"], r["status"]) for r in results] == [(1, "sent")]
+        server.thread.join(5)
+        assert b"MAIL" not in server.after and b"RCPT" not in server.after, server.after
+    finally:
+        os.close(job_w)
+        os.close(answer_r)
+        runner.kill()
+        runner.wait()
+
+
+def test_a_killed_zygote_is_replaced_and_nothing_waits(world, spool_factory):
+    """kill -9 the process children are forked from (sender/zygote.py): the runner
+    starts another when it next needs a child, and every message goes."""
+    from conftest import log_events, wait_for
+    from sender.zygote import TITLE
+    from spoold.fakenet import Behaviour
+    import spoold
+
+    world.add_domain("slow.test", Behaviour(delay=0.2))
+    spool = spool_factory(runner={"max_use": 1, "job_size": 1, "max_children": 2})
+    spoold.enqueue(sender="s@spoold.test", recipients=[f"u{i}@slow.test" for i in range(8)],
+                   subject="z", body="x", config=spool.config)
+    runner = psutil.Process(spool.start().pid)
+
+    def zygotes():
+        return [c for c in runner.children() if TITLE in " ".join(c.cmdline())]
+
+    wait_for(zygotes, 20, "the zygote")
+    (first,) = zygotes()
+    first.kill()
+    spool.wait_settled(timeout=60)
+    assert zygotes() and zygotes()[0].pid != first.pid
+    spool.stop()
+    assert len(world.all_messages()) == 8
+    assert [e["pid"] for e in log_events(spool.log_lines(), "zygote_exit")] == [first.pid]
+    assert len(log_events(spool.log_lines(), "zygote_start")) == 2

@@ -7,12 +7,16 @@
   ``config --show``, ``db upgrade``, ``enqueue`` or ``run``, whether the
   server refuses the connection, refuses the password, or works.
 - Sender children get no database credentials: not in their environment,
-  argv or config line, and no connection to the database.
+  argv or config line, and no connection to the database; and no copy of
+  the password anywhere in their memory (read from /proc/PID/mem, as
+  root), nor in the zygote they are forked from (sender/zygote.py), while
+  the runner's own memory, read the same way, does hold it.
 """
 
 from __future__ import annotations
 
 import ast
+import os
 import re
 import secrets
 from pathlib import Path
@@ -23,8 +27,10 @@ import pytest
 
 from conftest import _mysql_admin, wait_for
 
-from spoold.runner import sender_config
+import sender
 from sender.protocol import encode_config
+from sender.zygote import TITLE as ZYGOTE_TITLE
+from spoold.runner import sender_config
 
 ROOT = Path(__file__).resolve().parent.parent
 _SQL = re.compile(r"\b(SELECT|INSERT|UPDATE|DELETE|WHERE|FROM|INTO|SET|IN \()\b|LIMIT|ORDER BY")
@@ -114,23 +120,29 @@ def mysql_user(mysql_url):
         admin.close()
 
 
-def test_working_runner_and_its_children_hold_no_password_in_sight(world, spool_factory,
-                                                                    mysql_user):
+def _runner_at_work(world, spool_factory, url: str):
+    """A runner on ``url`` with a sender child and the zygote alive (a slow destination)."""
     from spoold.fakenet import Behaviour
 
-    url, password = mysql_user
     world.add_domain("slow.test", Behaviour(delay=1.0))
     spool = spool_factory(url)
     spool.cli("enqueue", "-f", "a@spoold.test", "--to", "u1@slow.test", "--to", "u2@slow.test",
               "--subject", "s", "--body", "b")
-    proc = spool.start()
-    runner = psutil.Process(proc.pid)
+    runner = psutil.Process(spool.start().pid)
+    wait_for(lambda: _children(runner) and _children(runner, ZYGOTE_TITLE), 20,
+             "a sender child and the zygote")
+    return spool, runner
 
-    def children():
-        return [c for c in runner.children() if "sender" in " ".join(c.cmdline())]
 
-    wait_for(children, 20, "a sender child")
-    for child in children():
+def _children(runner: psutil.Process, title: str = sender.TITLE) -> list[psutil.Process]:
+    return [c for c in runner.children() if title in " ".join(c.cmdline())]
+
+
+def test_working_runner_and_its_children_hold_no_password_in_sight(world, spool_factory,
+                                                                    mysql_user):
+    url, password = mysql_user
+    spool, runner = _runner_at_work(world, spool_factory, url)
+    for child in _children(runner):
         environment = Path(f"/proc/{child.pid}/environ").read_bytes()
         assert password.encode() not in environment and b"mysql://" not in environment
         assert password not in " ".join(child.cmdline())
@@ -152,3 +164,39 @@ def test_password_with_url_syntax_connects_and_stays_hidden(spool_factory, mysql
     text = _outputs(spool, ("db", "upgrade"), ("config", "--show"))
     assert "schema version" in text and "***" in text
     assert password not in text and quote(password, safe="") not in text
+
+
+def _memory_holds(pid: int, needles: list[bytes]) -> set[bytes]:
+    """Which of ``needles`` occur anywhere in the readable memory of process ``pid``."""
+    found, longest = set(), max(map(len, needles))
+    with open(f"/proc/{pid}/maps") as maps, open(f"/proc/{pid}/mem", "rb", 0) as mem:
+        for line in maps:
+            fields = line.split()
+            if "r" not in fields[1] or fields[-1] in ("[vvar]", "[vsyscall]"):
+                continue
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            tail = b""
+            for offset in range(start, end, 1 << 22):
+                try:
+                    mem.seek(offset)
+                    chunk = tail + mem.read(min(1 << 22, end - offset))
+                except OSError:
+                    break  # a mapping that cannot be read (a guard page)
+                found.update(n for n in needles if n in chunk)
+                tail = chunk[-longest:]
+    return found
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="reading another process's memory needs root")
+def test_children_and_their_zygote_hold_no_copy_of_the_password_in_memory(world, spool_factory,
+                                                                          mysql_user):
+    # A fork of the runner held four copies (settings, URL, the driver's
+    # buffers); children now come from a zygote that never saw them.
+    url, password = mysql_user
+    spool, runner = _runner_at_work(world, spool_factory, url)
+    secrets_ = [password.encode(), quote(password, safe="").encode()]
+    for process in _children(runner) + _children(runner, ZYGOTE_TITLE):
+        assert not _memory_holds(process.pid, secrets_), f"{process.cmdline()} holds it"
+    assert _memory_holds(runner.pid, secrets_)  # the runner does: the reading works
+    spool.wait_settled(timeout=30)
+    spool.stop()

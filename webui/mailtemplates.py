@@ -151,9 +151,10 @@ def edit() -> Any:
 
 
 @bp.route("/templates/preview.json", methods=["POST"])
-@login_required
+@admin_required
 def preview() -> Any:
-    """The preview of the draft in the form (saved or not), as JSON for the editor."""
+    """The preview of the draft in the form (saved or not), as JSON for the editor
+    (admins': it renders any draft with any contact's data)."""
     form = TemplateForm()
     contact = form.contact.data or _sample_contact()
     return jsonify(_preview(_draft(form), contact))

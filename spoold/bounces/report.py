@@ -41,6 +41,7 @@ import email.utils
 import json
 import re
 from dataclasses import dataclass, field
+from typing import Any
 from email.message import Message
 
 from spoold.bounces import plaintext
@@ -74,6 +75,17 @@ class Report:
     reporting_mta: str = ""
 
 
+class _TextHeaders(email.policy.Compat32):
+    """compat32, except that a header holding 8-bit bytes reads as text (UTF-8, or
+    U+FFFD where it is not), as every other header does, not as a Header object."""
+
+    def header_fetch_parse(self, name: str, value: str) -> str:
+        return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+_POLICY = _TextHeaders()
+
+
 def _address(value: str | None) -> str:
     """The address in "rfc822; <bob@x>", "<bob@x>" or "bob@x"; "" when none."""
     if not value:
@@ -102,7 +114,7 @@ def _field_blocks(part: Message) -> list[Message]:
         raw = part.get_payload(decode=True) or b""
         text = raw.decode("utf-8", errors="replace")
     chunks = re.split(r"\n[ \t]*\n", text.replace("\r\n", "\n").strip())
-    return [email.message_from_string(chunk.strip() + "\n", policy=email.policy.compat32)
+    return [email.message_from_string(chunk.strip() + "\n", policy=_POLICY)
             for chunk in chunks if chunk.strip()]
 
 
@@ -115,7 +127,7 @@ def _enclosed(msg: Message) -> Message | None:
         if ctype in ("text/rfc822-headers", "message/rfc822-headers",
                      "message/global-headers"):
             raw = part.get_payload(decode=True) or b""
-            return email.message_from_bytes(raw, policy=email.policy.compat32)
+            return email.message_from_bytes(raw, policy=_POLICY)
     return None
 
 
@@ -218,7 +230,7 @@ def _dsn_in_text(msg: Message) -> list[Message]:
             current[-1] += " " + line.strip()
         else:
             current = None
-    parsed = [email.message_from_string("\n".join(b) + "\n", policy=email.policy.compat32)
+    parsed = [email.message_from_string("\n".join(b) + "\n", policy=_POLICY)
               for b in blocks]
     if any(_recipient_of(b) and (b.get("Status") or b.get("Action")) for b in parsed):
         return parsed
@@ -264,41 +276,50 @@ def _ses_document(msg: Message) -> dict | None:
         return None
     try:
         document, _ = json.JSONDecoder().raw_decode(text[start:])
-    except ValueError:
-        return None
-    if isinstance(document.get("Message"), str):  # wrapped in an SNS envelope
-        try:
+        if isinstance(_field(document, "Message", str, None), str):  # in an SNS envelope
             document = json.loads(document["Message"])
-        except ValueError:
-            return None
+    except (ValueError, RecursionError):
+        return None
     return document if isinstance(document, dict) else None
 
 
+def _field(document: Any, key: str, kind: type, default: Any) -> Any:
+    """``document[key]`` if the document is an object and the value a ``kind``, else
+    ``default``: a notification of another shape reads as one that lacks the field."""
+    value = document.get(key) if isinstance(document, dict) else None
+    return value if isinstance(value, kind) else default
+
+
 def _ses(document: dict) -> Report:
-    kind = (document.get("notificationType") or document.get("eventType") or "").lower()
+    kind = (_field(document, "notificationType", str, "")
+            or _field(document, "eventType", str, "")).lower()
     bounces = []
     if kind == "bounce":
-        permanent = document["bounce"].get("bounceType") == "Permanent"
-        for item in document["bounce"].get("bouncedRecipients", []):
-            diagnostic = item.get("diagnosticCode", "")
-            status = plaintext.status_of(item.get("status", "")) or \
+        bounce = _field(document, "bounce", dict, {})
+        permanent = bounce.get("bounceType") == "Permanent"
+        for item in _field(bounce, "bouncedRecipients", list, []):
+            diagnostic = _field(item, "diagnosticCode", str, "")
+            status = plaintext.status_of(_field(item, "status", str, "")) or \
                 plaintext.status_of(diagnostic) or ("5.0.0" if permanent else "4.0.0")
-            bounces.append(Bounce(item["emailAddress"], classify(status, diagnostic), status,
+            bounces.append(Bounce(_address(_field(item, "emailAddress", str, "")),
+                                  classify(status, diagnostic), status,
                                   plaintext.code_of(diagnostic), diagnostic,
-                                  item.get("action", "failed")))
+                                  _field(item, "action", str, "failed")))
     elif kind == "complaint":
-        feedback = document["complaint"].get("complaintFeedbackType", "abuse")
+        complaint = _field(document, "complaint", dict, {})
+        feedback = _field(complaint, "complaintFeedbackType", str, "abuse")
         verdict = classify_feedback(feedback)
-        bounces = [Bounce(item["emailAddress"], verdict, action="complaint",
-                          feedback_type=feedback)
-                   for item in document["complaint"].get("complainedRecipients", [])]
+        bounces = [Bounce(_address(_field(item, "emailAddress", str, "")), verdict,
+                          action="complaint", feedback_type=feedback)
+                   for item in _field(complaint, "complainedRecipients", list, [])]
     elif kind == "delivery":
-        delivery = document["delivery"]
-        reply = delivery.get("smtpResponse", "")
-        bounces = [Bounce(r, Verdict(NONE, "delivered"), plaintext.reply_status(reply) or "2.0.0",
-                          diagnostic=reply, action="delivered")
-                   for r in delivery.get("recipients", [])]
-    return Report("ses", bounces)
+        delivery = _field(document, "delivery", dict, {})
+        reply = _field(delivery, "smtpResponse", str, "")
+        bounces = [Bounce(_address(r), Verdict(NONE, "delivered"),
+                          plaintext.reply_status(reply) or "2.0.0", diagnostic=reply,
+                          action="delivered")
+                   for r in _field(delivery, "recipients", list, []) if isinstance(r, str)]
+    return Report("ses", [b for b in bounces if b.recipient])
 
 
 # -- auto-replies and prose ------------------------------------------------------------
@@ -365,7 +386,7 @@ def _original_recipients(msg: Message) -> list[str]:
 
 def parse_report(data: bytes) -> Report:
     """Read one bounce, complaint or auto-reply message."""
-    msg = email.message_from_bytes(data, policy=email.policy.compat32)
+    msg = email.message_from_bytes(data, policy=_POLICY)
     report = None
     for part in msg.walk():
         if part.get_content_type() == "message/feedback-report":

@@ -38,7 +38,8 @@ def verp_sender(queue_id: int, secret: str, domain: str, local_part: str = "boun
 
 def verp_id(address: str, secret: str, domain: str, local_part: str = "bounces") -> int | None:
     """The queue id a VERP address names, or None if it is not one of ours (or forged)."""
-    match = re.fullmatch(rf"(?i){re.escape(local_part)}\+(\d{{1,19}})\.([0-9a-f]+)@"
+    # One spelling per row: ASCII digits without a leading zero.
+    match = re.fullmatch(rf"(?i){re.escape(local_part)}\+(0|[1-9][0-9]{{0,18}})\.([0-9a-f]+)@"
                          rf"{re.escape(domain)}", address.strip().strip("<>"))
     if not match:
         return None
