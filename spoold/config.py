@@ -186,7 +186,7 @@ def _local_part(value: str) -> str | None:
 def _users(value: list[str]) -> str | None:
     for entry in value:
         name, _, hashed = entry.partition(":")
-        if not name or not hashed.startswith("scrypt$"):
+        if not name or not hashed.startswith("$argon2"):
             return (f"{entry[:20]!r}: expected NAME:HASH with a HASH from "
                     "spoold submission hash-password")
     return None

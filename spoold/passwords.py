@@ -1,5 +1,7 @@
-"""Passwords and API tokens of web UI users: hashing and checking, nothing stored.
+"""Passwords and API tokens: hashing and checking, nothing stored.
 
+Used for the web UI's users and for the submission listener's ``[submission]
+users`` alike.
 Passwords are hashed with Argon2id (argon2-cffi, its RFC 9106 low-memory
 profile), salted per hash; ``verify`` also tells when a hash was made with
 weaker parameters than today's, so the UI can rehash at the next login.
@@ -10,8 +12,10 @@ and are stored and looked up as their SHA-256 digest.
 from __future__ import annotations
 
 import functools
+import getpass
 import hashlib
 import secrets
+import sys
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -41,6 +45,19 @@ def check_new(password: str) -> str:
     if len(password) < MIN_LENGTH:
         raise PasswordError(f"the password must have at least {MIN_LENGTH} characters")
     return password
+
+
+def read_new(from_stdin: bool) -> str:
+    """A new password: one line of stdin, or asked twice on the terminal (never
+    an argument, which would show in ps and the shell history)."""
+    if from_stdin:
+        return check_new(sys.stdin.readline().rstrip("\r\n"))
+    if not sys.stdin.isatty():
+        raise PasswordError("no terminal to ask for the password on: use --password-stdin")
+    first = check_new(getpass.getpass("Password: "))
+    if getpass.getpass("Again: ") != first:
+        raise PasswordError("the two passwords differ")
+    return first
 
 
 def hash_password(password: str) -> str:

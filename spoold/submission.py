@@ -14,7 +14,8 @@ DESCRIPTION
     ``require_auth``, a client must AUTH (PLAIN or LOGIN, offered only after
     STARTTLS) before MAIL: ``530 5.7.0 Authentication required``.  So it is
     never an open relay.  Users are ``name:HASH`` entries of ``[submission]
-    users``; ``spoold submission hash-password`` makes a HASH (scrypt, salted).
+    users``; ``spoold submission hash-password`` makes a HASH (Argon2id, as the
+    web UI's users: spoold/passwords.py).
     Keeping them in the settings file (mode 0600) keeps the listener free of
     one more table and the web UI's accounts out of SMTP.
 
@@ -33,44 +34,19 @@ CONFIGURATION PARAMETERS
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
-import os
 import ssl
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
+from spoold import passwords
 from spoold.address import parse_address
 from spoold.config import Config, submission_needs_auth
 from spoold.enqueue import enqueue
 from spoold.errors import AddressError, ConfigError, MessageError, StoreError
 from spoold.log import get_logger
 from spoold.store import Store, store_for
-
-_SCRYPT = {"n": 2 ** 14, "r": 8, "p": 1}
-
-
-def hash_password(password: str) -> str:
-    """A salted scrypt hash for ``[submission] users``: scrypt$<salt>$<key> in hex."""
-    salt = os.urandom(16)
-    key = hashlib.scrypt(password.encode(), salt=salt, dklen=32, **_SCRYPT)
-    return f"scrypt${salt.hex()}${key.hex()}"
-
-
-def verify_password(password: str, stored: str) -> bool:
-    try:
-        scheme, salt, key = stored.split("$")
-        wanted = bytes.fromhex(key)
-        salt_bytes = bytes.fromhex(salt)
-    except ValueError:
-        return False
-    if scheme != "scrypt":
-        return False
-    got = hashlib.scrypt(password.encode(), salt=salt_bytes, dklen=len(wanted), **_SCRYPT)
-    return hmac.compare_digest(got, wanted)
-
 
 class Users:
     """The aiosmtpd authenticator over ``[submission] users``."""
@@ -83,9 +59,8 @@ class Users:
         if not isinstance(auth_data, LoginPassword):
             return AuthResult(success=False, handled=False)
         name = auth_data.login.decode("utf-8", "replace")
-        stored = self.hashes.get(name)
-        ok = stored is not None and verify_password(auth_data.password.decode("utf-8", "replace"),
-                                                    stored)
+        ok, _ = passwords.verify(self.hashes.get(name),
+                                 auth_data.password.decode("utf-8", "replace"))
         return AuthResult(success=ok, handled=False, auth_data=name if ok else None)
 
 

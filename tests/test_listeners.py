@@ -16,7 +16,6 @@ from test_sender import certificate  # noqa: F401  (fixture: a self-signed certi
 import spoold
 from spoold.bounces.verp import verp_sender
 from spoold.fakenet import Behaviour
-from spoold.submission import hash_password
 
 BOUNCE_DOMAIN = "bounces.spoold.test"
 SECRET = "test secret"
@@ -153,9 +152,12 @@ def test_remote_submission_needs_auth_over_starttls(world, spool_factory, certif
     (sink,) = world.add_domain("dest.test")
     host, port = "127.0.0.2", _free_port("127.0.0.2")
     cert, key = certificate
+    entry = subprocess.run([sys.executable, "-m", "spoold.cli", "submission", "hash-password",
+                            "app", "--password-stdin"], input=b"s3cret pass\n",
+                           capture_output=True, check=True).stdout.decode().strip()
     spool = spool_factory(submission={"listen_address": host, "listen_port": port,
                                       "require_auth": True, "tls_cert": cert, "tls_key": key,
-                                      "users": [f"app:{hash_password('s3cret pass')}"]})
+                                      "users": [entry]})
     spool.start()
     wait_for(lambda: _listening(host, port), what="submission listener")
 

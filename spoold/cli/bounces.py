@@ -9,16 +9,15 @@
 from __future__ import annotations
 
 import argparse
-import getpass
 import sys
 from pathlib import Path
 
+from spoold import passwords
 from spoold.bounces.report import parse_report
 from spoold.cli.common import print_table, when, with_store
 from spoold.config import Config
-from spoold.errors import MessageError, NotFound, ReportError, SpooldError
+from spoold.errors import MessageError, NotFound, ReportError
 from spoold.store import Store
-from spoold.submission import hash_password
 
 
 def cmd_parse(args: argparse.Namespace, config: Config) -> int:
@@ -78,15 +77,7 @@ def explain(store: Store, address: str) -> int:
 
 
 def cmd_hash_password(args: argparse.Namespace, config: Config) -> int:
-    if sys.stdin.isatty():
-        password = getpass.getpass("password: ")
-        if getpass.getpass("again: ") != password:
-            raise SpooldError("the passwords differ")
-    else:
-        password = sys.stdin.readline().rstrip("\n")
-    if not password:
-        raise SpooldError("empty password")
-    print(f"{args.user}:{hash_password(password)}")
+    print(f"{args.user}:{passwords.hash_password(passwords.read_new(args.password_stdin))}")
     return 0
 
 
@@ -103,6 +94,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("submission", help="the SMTP submission listener")
     actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     q = actions.add_parser("hash-password", help="print NAME:HASH for [submission] users "
-                                                 "(password from the terminal or stdin)")
+                                                 "(password asked twice on the terminal)")
     q.add_argument("user")
+    q.add_argument("--password-stdin", action="store_true",
+                   help="read the password as one line from stdin")
     q.set_defaults(handler=cmd_hash_password)

@@ -17,39 +17,28 @@ requeue, delete, enqueue).
 from __future__ import annotations
 
 import argparse
-import getpass
-import sys
 
 from spoold import passwords
 from spoold.cli.common import print_table, when, with_store
 from spoold.config import Config
-from spoold.passwords import PasswordError
 from spoold.store import Store
 from spoold.store.users import ROLES
 
 
-def _read_password(args: argparse.Namespace) -> str:
-    if args.password_stdin:
-        return sys.stdin.readline().rstrip("\r\n")
-    if not sys.stdin.isatty():
-        raise PasswordError("no terminal to ask for the password on: use --password-stdin")
-    first = getpass.getpass("Password: ")
-    passwords.check_new(first)
-    if getpass.getpass("Again: ") != first:
-        raise PasswordError("the two passwords differ")
-    return first
+def _new_hash(args: argparse.Namespace) -> str:
+    return passwords.hash_password(passwords.read_new(args.password_stdin))
 
 
 @with_store
 def cmd_add(args: argparse.Namespace, config: Config, store: Store) -> int:
-    store.add_user(args.name, args.role, passwords.hash_password(_read_password(args)))
+    store.add_user(args.name, args.role, _new_hash(args))
     print(f"user {args.name} added ({args.role})")
     return 0
 
 
 @with_store
 def cmd_passwd(args: argparse.Namespace, config: Config, store: Store) -> int:
-    store.set_password(args.name, passwords.hash_password(_read_password(args)))
+    store.set_password(args.name, _new_hash(args))
     print(f"password of {args.name} changed; their sessions have ended")
     return 0
 
