@@ -17,7 +17,10 @@ RUN_DIR/children.journal
     before it writes the line on its stdout (the runner hands this file to
     each child as fd 3, SenderConfig.journal_fd)
 
-Both are emptied each time a batch is committed.  On start the runner
+Both are emptied each time a batch is committed: the runner's own first,
+then it reads what its children have written on their pipes meanwhile
+(into its own journal), and only then the children's, so that the lines
+children journal during a commit are not emptied with it.  On start the runner
 replays them (``Store.replay`` applies only attempts whose row is still
 leased to this runner, so what was committed just before the kill is not
 applied twice; a runner's own attempt for a row wins over a child's line),
@@ -32,10 +35,10 @@ lock lives on, after the runner's death, until its last child has exited;
 ``take()`` waits for it (ORPHANS_WAIT at most; the runner logs
 journal_waited when it took a tenth of a second or more).  What remains of
 the window is a child killed with SIGKILL between its read of the 250 and
-its write to the journal, a line a child journalled during a commit that
-the runner had not yet read from its pipe when it emptied the journal
-after that commit, an orphan that outlived ORPHANS_WAIT, and a machine
-crash.
+its write to the journal, a line a child journals between the runner's
+last read of the pipes and its emptying of the children's journal (a few
+microseconds after each commit), an orphan that outlived ORPHANS_WAIT, and
+a machine crash.
 """
 
 from __future__ import annotations
@@ -109,7 +112,15 @@ class ResultJournal:
 
     def clear(self) -> None:
         """Every result heard so far is committed: start empty."""
+        self.clear_own()
+        self.clear_children()
+
+    def clear_own(self) -> None:
         os.ftruncate(self.fd, 0)
+
+    def clear_children(self) -> None:
+        """Only once every line the children journalled has been read from their
+        pipes (and is in the runner's own journal, or committed)."""
         os.ftruncate(self.children_fd, 0)
 
     def read(self) -> tuple[list[Attempt], list[Result]]:

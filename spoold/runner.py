@@ -758,7 +758,12 @@ class Runner:
         except BaseException:
             self.results = batch + self.results
             raise
-        self.journal.clear()
+        self.journal.clear_own()
+        # Children went on journalling while the batch was committed; their lines
+        # are kept, in the runner's own journal, before theirs is emptied.
+        for child in list(self.pool.children.values()):
+            self._on_child_output(child)
+        self.journal.clear_children()
         self.stats.wrote(time.monotonic() - started)
 
     def _status_line(self) -> str:
