@@ -262,8 +262,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("runner", "scan_interval", "duration", 5,
             "Look for due rows at least this often, even without a poke (rows enqueued\n"
             "on another host, deferred rows coming due).", minimum=0.01),
-    Setting("runner", "flush_interval", "duration", 0.2,
-            "Results are written to the database in batches at least this often.", minimum=0),
+    Setting("runner", "flush_interval", "duration", 0.02,
+            "Results are written to the database in batches at least this often.  What\n"
+            "is not written yet is journalled on this host only: on a database shared by\n"
+            "several hosts, a host lost for good takes it along, and the others deliver\n"
+            "those messages again.", minimum=0),
     Setting("smtp", "port", "int", 25,
             "TCP port of the remote MX hosts.", minimum=1, maximum=65535),
     Setting("smtp", "helo_name", "str", "",

@@ -80,7 +80,7 @@ CONFIGURATION PARAMETERS
     destination_concurrency (20), job_size (20), claim_batch (500), lease
     (600 s), backoff_min (300 s), backoff_max (4000 s), max_lifetime (5 d),
     max_agent_failures (3), child_timeout (3600 s), grace_period (30 s),
-    flush_interval (0.2 s), scan_interval (5 s); [mailout] expand_chunk
+    flush_interval (0.02 s), scan_interval (5 s); [mailout] expand_chunk
     (20000), interval (1 s); [shaping] destinations ({}), throttle_pause
     (60 s), recovery_interval (10 s) (spoold/shaping.py); [smtp], [dns],
     [mta_sts] and [dkim] are passed on to the children (paths made absolute;
