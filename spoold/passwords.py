@@ -1,10 +1,10 @@
-"""Passwords and API tokens: hashing and checking, nothing stored.
+"""Passwords and API tokens: asking for, hashing and checking them, nothing stored.
 
-Used for the web UI's users and for the submission listener's ``[submission]
-users`` alike.
-Passwords are hashed with Argon2id (argon2-cffi, its RFC 9106 low-memory
-profile), salted per hash; ``verify`` also tells when a hash was made with
-weaker parameters than today's, so the UI can rehash at the next login.
+Used for the web UI's users and for the submission listener's
+``[submission] users`` alike.  Passwords are hashed with Argon2id
+(argon2-cffi, its RFC 9106 low-memory profile), salted per hash; ``verify``
+also tells when a hash was made with weaker parameters than today's, so the
+UI can rehash at the next login.
 API tokens are 256 random bits; being unguessable they need no slow hash,
 and are stored and looked up as their SHA-256 digest.
 """

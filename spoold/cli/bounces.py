@@ -16,7 +16,7 @@ from spoold import passwords
 from spoold.bounces.report import parse_report
 from spoold.cli.common import print_table, when, with_store
 from spoold.config import Config
-from spoold.errors import MessageError, NotFound, ReportError
+from spoold.errors import ConfigError, MessageError, NotFound, ReportError
 from spoold.store import Store
 
 
@@ -77,6 +77,8 @@ def explain(store: Store, address: str) -> int:
 
 
 def cmd_hash_password(args: argparse.Namespace, config: Config) -> int:
+    if not args.user or any(c in args.user for c in ": \t"):
+        raise ConfigError(f"user name {args.user!r}: no colon or blank may appear in it")
     print(f"{args.user}:{passwords.hash_password(passwords.read_new(args.password_stdin))}")
     return 0
 
