@@ -177,6 +177,18 @@ def test_remote_submission_needs_auth_over_starttls(world, spool_factory, certif
     sink.wait_for(2)
 
 
+@pytest.mark.parametrize("name, password, error", [
+    ("app:x", b"long enough\n", b"no colon or blank may appear"),
+    ("app x", b"long enough\n", b"no colon or blank may appear"),
+    ("app", b"short\n", b"at least 8 characters"),
+])
+def test_hash_password_refuses_what_would_make_a_bad_entry(name, password, error):
+    proc = subprocess.run([sys.executable, "-m", "spoold.cli", "submission", "hash-password",
+                           name, "--password-stdin"], input=password, capture_output=True)
+    assert proc.returncode != 0 and not proc.stdout
+    assert error in proc.stderr and b"Traceback" not in proc.stderr
+
+
 @pytestmark_swaks
 def test_database_outage_answers_451(tmp_path, world):
     port = _free_port()
