@@ -26,7 +26,22 @@ import structlog
 from spoold.errors import ConfigError
 
 
-class LogFile:
+class _Stream:
+    """Writes to whatever ``self.stream`` is at the time of each call."""
+
+    stream: IO[str]
+
+    def write(self, text: str) -> int:
+        return self.stream.write(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def fileno(self) -> int:
+        return self.stream.fileno()
+
+
+class LogFile(_Stream):
     """An append-only log file whose handle can be swapped for a fresh one.
 
     Loggers keep this object, not the handle, so a reopen reaches all of them.
@@ -39,15 +54,6 @@ class LogFile:
     def _open(self) -> IO[str]:
         return open(self.path, "a", buffering=1, encoding="utf-8")
 
-    def write(self, text: str) -> int:
-        return self.stream.write(text)
-
-    def flush(self) -> None:
-        self.stream.flush()
-
-    def fileno(self) -> int:
-        return self.stream.fileno()
-
     def reopen(self) -> None:
         fresh = self._open()
         self.stream, stale = fresh, self.stream
@@ -57,19 +63,14 @@ class LogFile:
         self.stream.close()
 
 
-class _Stderr:
+class _Stderr(_Stream):
     """Whatever sys.stderr is when an event is written: a program (or a test) that
     embeds spoold and swaps sys.stderr later still gets the events, and a
     closed old stream is never written to."""
 
-    def write(self, text: str) -> int:
-        return sys.stderr.write(text)
-
-    def flush(self) -> None:
-        sys.stderr.flush()
-
-    def fileno(self) -> int:
-        return sys.stderr.fileno()
+    @property
+    def stream(self) -> IO[str]:
+        return sys.stderr
 
 
 _target: _Stderr | LogFile = _Stderr()
